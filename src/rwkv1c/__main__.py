@@ -1,0 +1,3 @@
+from rwkv1c.cli import main
+
+raise SystemExit(main())

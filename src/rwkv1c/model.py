@@ -1,0 +1,426 @@
+"""RWKV-7 ("x070", Goose) in one readable file.
+
+Parameter names are the keys of BlinkDL's official `.pth` checkpoints, so a state dict loads with no
+renaming; every size (layers, width, heads, vocabulary, FFN, the four low-rank sizes) is read from
+tensor shapes. The WKV operator lives in `wkv.py` and is chosen when called (`model.wkv_impl`).
+
+Shapes: B batch, T time, C width (n_embd), H heads, N head size (64), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rwkv1c.errors import UserError
+from rwkv1c.wkv import WkvImpl, wkv
+
+HEAD_SIZE = 64  # every released RWKV-7 uses 64; kernels and the GroupNorm eps assume it
+LN_X_EPS = 64e-5  # GroupNorm eps of ln_x: 1e-5 * 8**2, not the usual 1e-5
+
+ATT_VECTORS = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k_a")
+ATT_LORAS = {"w": "d_decay", "a": "d_aaa", "v": "d_mv", "g": "d_gate"}  # w1/w2, a1/a2, v1/v2, g1/g2
+ATT_LINEARS = ("receptance", "key", "value", "output")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every size of an RWKV-7 model; inferred from a checkpoint by `ModelConfig.from_state_dict`."""
+
+    n_layer: int
+    n_embd: int
+    vocab_size: int
+    dim_ffn: int
+    d_decay: int
+    d_aaa: int
+    d_mv: int
+    d_gate: int
+    head_size: int = HEAD_SIZE
+
+    @property
+    def n_head(self) -> int:
+        return self.n_embd // self.head_size
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> ModelConfig:
+        """Infer the sizes from tensor shapes (call `check_state_dict` first for clear errors)."""
+        vocab, C = sd["emb.weight"].shape
+        layers = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+        N = sd["blocks.0.att.r_k"].shape[1]
+        v1 = sd.get("blocks.1.att.v1", sd.get("blocks.0.att.v1"))
+        d_mv = v1.shape[1] if v1 is not None else 32  # a 1-layer model has no value residual at all
+        return cls(
+            n_layer=len(layers),
+            n_embd=C,
+            vocab_size=vocab,
+            dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0],
+            d_decay=sd["blocks.0.att.w1"].shape[1],
+            d_aaa=sd["blocks.0.att.a1"].shape[1],
+            d_mv=d_mv,
+            d_gate=sd["blocks.0.att.g1"].shape[1],
+            head_size=N,
+        )
+
+
+@dataclass
+class RWKVState:
+    """Recurrent state of the whole model, for a batch.
+
+    att_shift, ffn_shift: (n_layer, B, C) previous token's normalised input (model dtype);
+    wkv: (n_layer, B, H, N, N) fp32, official layout (value index, key index).
+    """
+
+    att_shift: torch.Tensor
+    ffn_shift: torch.Tensor
+    wkv: torch.Tensor
+
+    @classmethod
+    def zeros(
+        cls, config: ModelConfig, batch: int, device: Any = "cpu", dtype: torch.dtype = torch.float32
+    ) -> RWKVState:
+        L, C, H, N = config.n_layer, config.n_embd, config.n_head, config.head_size
+        return cls(
+            att_shift=torch.zeros(L, batch, C, device=device, dtype=dtype),
+            ffn_shift=torch.zeros(L, batch, C, device=device, dtype=dtype),
+            wkv=torch.zeros(L, batch, H, N, N, device=device, dtype=torch.float32),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.att_shift.shape[1]
+
+    def clone(self) -> RWKVState:
+        return RWKVState(self.att_shift.clone(), self.ffn_shift.clone(), self.wkv.clone())
+
+    def detach(self) -> RWKVState:
+        return RWKVState(self.att_shift.detach(), self.ffn_shift.detach(), self.wkv.detach())
+
+    def select(self, index: torch.Tensor | list[int] | slice) -> RWKVState:
+        """The states of some batch rows (a copy for tensor/list indices)."""
+        return RWKVState(self.att_shift[:, index], self.ffn_shift[:, index], self.wkv[:, index])
+
+    def to(self, device: Any) -> RWKVState:
+        return RWKVState(self.att_shift.to(device), self.ffn_shift.to(device), self.wkv.to(device))
+
+    @staticmethod
+    def cat(states: list[RWKVState]) -> RWKVState:
+        """Stack states of several batches into one batch."""
+        return RWKVState(
+            torch.cat([s.att_shift for s in states], dim=1),
+            torch.cat([s.ffn_shift for s in states], dim=1),
+            torch.cat([s.wkv for s in states], dim=1),
+        )
+
+
+def token_shift(x: torch.Tensor, prev: torch.Tensor | None, reset: torch.Tensor | None) -> torch.Tensor:
+    """The previous token's x for every position: (B, T, C). Zero at a document start."""
+    first = torch.zeros_like(x[:, :1]) if prev is None else prev.unsqueeze(1).to(x.dtype)
+    shifted = torch.cat([first, x[:, :-1]], dim=1)
+    if reset is not None:
+        shifted = shifted * (~reset).unsqueeze(-1).to(x.dtype)
+    return shifted
+
+
+class TimeMix(nn.Module):
+    """`blocks.N.att`: the RWKV-7 time mixing (attention replacement)."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
+        super().__init__()
+        C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
+        self.layer_id = layer_id
+        self.n_head, self.head_size = H, N
+        for name in ATT_VECTORS:
+            if name == "v0" and layer_id == 0:
+                continue  # layer 0 makes v_first; it has no value residual
+            setattr(self, name, nn.Parameter(torch.empty(1, 1, C)))
+        for p, size_name in ATT_LORAS.items():
+            if p == "v" and layer_id == 0:
+                continue
+            d = getattr(cfg, size_name)
+            setattr(self, f"{p}1", nn.Parameter(torch.empty(C, d)))
+            setattr(self, f"{p}2", nn.Parameter(torch.empty(d, C)))
+        self.r_k = nn.Parameter(torch.empty(H, N))
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, C, eps=LN_X_EPS)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, C), already ln1-normalised
+        v_first: torch.Tensor | None,
+        shift: torch.Tensor | None,  # (B, C) previous token, or None
+        state: torch.Tensor | None,  # (B, H, N, N) fp32, or None
+        reset: torch.Tensor | None,  # (B, T) bool
+        impl: WkvImpl,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        H, N = self.n_head, self.head_size
+        xx = token_shift(x, shift, reset) - x
+        xr, xw, xk, xv, xa, xg = (x + xx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+
+        r = self.receptance(xr)
+        k = self.key(xk)
+        v = self.value(xv)
+        # decay w = exp(-e^-0.5 * sigmoid(.)) in (0.545, 1); kept as its log, in fp32
+        log_w = -math.exp(-0.5) * torch.sigmoid((self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float())
+        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate
+        g = torch.sigmoid(xg @ self.g1) @ self.g2  # output gate
+        if self.layer_id == 0:
+            v_first = v
+        else:
+            assert v_first is not None
+            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+
+        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0, eps=1e-12)  # removal key, unit per head
+        k = k * (1 + (a - 1) * self.k_a)
+        a_h = a.view(B, T, H, N)
+        y, new_state = wkv(
+            r.view(B, T, H, N),
+            log_w.view(B, T, H, N),
+            k.view(B, T, H, N),
+            v.view(B, T, H, N),
+            -kk,
+            kk * a_h,
+            state=state,
+            reset=reset,
+            impl=impl,
+        )
+        y = self.ln_x(y.reshape(B * T, C).to(x.dtype)).view(B, T, C)
+        bonus = (r.view(B, T, H, N) * k.view(B, T, H, N) * self.r_k).sum(-1, keepdim=True) * v.view(B, T, H, N)
+        y = y + bonus.view(B, T, C)
+        return self.output(y * g), v_first, new_state  # type: ignore[return-value]
+
+
+class ChannelMix(nn.Module):
+    """`blocks.N.ffn`: squared-ReLU feed-forward with token shift."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.x_k = nn.Parameter(torch.empty(1, 1, cfg.n_embd))
+        self.key = nn.Linear(cfg.n_embd, cfg.dim_ffn, bias=False)
+        self.value = nn.Linear(cfg.dim_ffn, cfg.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None, reset: torch.Tensor | None) -> torch.Tensor:
+        xx = token_shift(x, shift, reset) - x
+        k = torch.relu(self.key(x + xx * self.x_k)) ** 2
+        return self.value(k)
+
+
+class Block(nn.Module):
+    """`blocks.N`: pre-norm residual block; `ln0` (on the embeddings) only in block 0."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(cfg.n_embd)
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.att = TimeMix(cfg, layer_id)
+        self.ffn = ChannelMix(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        v_first: torch.Tensor | None,
+        state: RWKVState | None,
+        reset: torch.Tensor | None,
+        impl: WkvImpl,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        i = self.layer_id
+        if i == 0:
+            x = self.ln0(x)
+        xa = self.ln1(x)
+        att_out, v_first, wkv_state = self.att(
+            xa,
+            v_first,
+            None if state is None else state.att_shift[i],
+            None if state is None else state.wkv[i],
+            reset,
+            impl,
+        )
+        x = x + att_out
+        xf = self.ln2(x)
+        x = x + self.ffn(xf, None if state is None else state.ffn_shift[i], reset)
+        return x, v_first, (xa[:, -1], xf[:, -1], wkv_state)  # type: ignore[return-value]
+
+
+class RWKV7(nn.Module):
+    """The whole RWKV-7 language model.
+
+    `logits, state = model(tokens)` with tokens (B, T) -> logits (B, T, V); pass `state` to continue.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_out = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.wkv_impl: WkvImpl = "auto"
+        self.gradient_checkpointing = False
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        state: RWKVState | None = None,
+        *,
+        reset: torch.Tensor | None = None,
+        last_only: bool = False,
+        need_state: bool = True,
+    ) -> tuple[torch.Tensor, RWKVState | None]:
+        """Run tokens (B, T) from `state` (zeros when None).
+
+        reset: (B, T) bool, True where a new document starts (state zeroed before that token).
+        last_only: return logits for the last position only, (B, 1, V).
+        need_state: False skips building the returned state (training).
+        """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (B, T), got shape {tuple(tokens.shape)}")
+        x = self.emb(tokens)
+        v_first: torch.Tensor | None = None
+        shifts_att, shifts_ffn, wkv_states = [], [], []
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, v_first, (sa, sf, sw) = torch.utils.checkpoint.checkpoint(
+                    block, x, v_first, state, reset, self.wkv_impl, use_reentrant=False
+                )
+            else:
+                x, v_first, (sa, sf, sw) = block(x, v_first, state, reset, self.wkv_impl)
+            if need_state:
+                shifts_att.append(sa)
+                shifts_ffn.append(sf)
+                wkv_states.append(sw)
+        if last_only:
+            x = x[:, -1:]
+        logits = self.head(self.ln_out(x))
+        new_state = None
+        if need_state:
+            new_state = RWKVState(torch.stack(shifts_att), torch.stack(shifts_ffn), torch.stack(wkv_states))
+        return logits, new_state
+
+    def zero_state(self, batch: int) -> RWKVState:
+        p = self.emb.weight
+        return RWKVState.zeros(self.config, batch, device=p.device, dtype=p.dtype)
+
+    @classmethod
+    def from_state_dict(
+        cls, sd: dict[str, torch.Tensor], *, device: Any = "cpu", dtype: torch.dtype | None = None
+    ) -> RWKV7:
+        """Build a model from an official state dict (validated; block-0 v0/v1/v2 ignored if present)."""
+        check_state_dict(sd)
+        config = ModelConfig.from_state_dict(sd)
+        with torch.device("meta"):
+            model = cls(config)
+        wanted = model.state_dict().keys()
+        tensors = {k: sd[k] for k in wanted}
+        model.load_state_dict(tensors, assign=True, strict=True)
+        target = dtype or sd["emb.weight"].dtype
+        model.to(device=device, dtype=target)
+        return model.eval()
+
+    @classmethod
+    def from_pth(cls, path: str | Path, *, device: Any = "cpu", dtype: torch.dtype | None = None) -> RWKV7:
+        """Load an official RWKV-7 `.pth` checkpoint (memory-mapped, weights only)."""
+        sd = load_checkpoint(path)
+        return cls.from_state_dict(sd, device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoint validation: refuse what is not an RWKV-7 x070 state dict, with a message that says what it is
+
+
+_FAMILY_MARKERS = (
+    ("RWKV-4", ("att.time_first",)),
+    ("RWKV-5", ("att.time_faaaa", "att.time_mix_k")),
+    ("RWKV-6", ("att.time_maa_x", "att.time_decay_w1", "att.time_maa_w1")),
+    ("a pre-release RWKV-7 (x070 draft key names)", ("att.time_maa_", "att.time_aaa", "att.time_misc_")),
+    ("an RWKV-7 DeepEmbed variant", ("ffn.s_emb", "ffn.s1", "ffn.s0")),
+)
+
+
+def _required_keys(n_layer: int) -> set[str]:
+    keys = {"emb.weight", "ln_out.weight", "ln_out.bias", "head.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias"}
+    for i in range(n_layer):
+        p = f"blocks.{i}."
+        keys |= {p + s for s in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias")}
+        keys |= {p + "att." + s for s in ATT_VECTORS if not (i == 0 and s == "v0")}
+        keys |= {p + f"att.{x}{j}" for x in ATT_LORAS for j in (1, 2) if not (i == 0 and x == "v")}
+        keys |= {p + "att.r_k", p + "att.ln_x.weight", p + "att.ln_x.bias"}
+        keys |= {p + f"att.{n}.weight" for n in ATT_LINEARS}
+        keys |= {p + "ffn.x_k", p + "ffn.key.weight", p + "ffn.value.weight"}
+    return keys
+
+
+def check_state_dict(sd: Any) -> None:
+    """Raise UserError unless `sd` is an RWKV-7 x070 state dict with head size 64."""
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) for k in sd):
+        raise UserError("not a model state dict (expected a mapping of parameter names to tensors)")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise UserError(f"not a model state dict: {len(bad)} entries are not tensors (e.g. {bad[0]!r})")
+    keys = list(sd)
+    for family, markers in _FAMILY_MARKERS:
+        if any(m in k for k in keys for m in markers):
+            raise UserError(
+                f"this checkpoint is {family}, not an RWKV-7 x070 model",
+                hint="rwkv1c works with the official RWKV-7 releases (RWKV-x070-*.pth, rwkv7-*.pth)",
+            )
+    if "blocks.0.att.r_k" not in sd or "emb.weight" not in sd:
+        raise UserError("not an RWKV-7 checkpoint: keys 'emb.weight' and 'blocks.0.att.r_k' are missing")
+    H, N = sd["blocks.0.att.r_k"].shape
+    if N != HEAD_SIZE:
+        raise UserError(f"head size {N} is not supported (RWKV-7 releases use {HEAD_SIZE})")
+    layers = {int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))}
+    n_layer = max(layers) + 1
+    required = _required_keys(n_layer)
+    optional = {"blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"}
+    missing = sorted(required - set(keys))
+    extra = sorted(set(keys) - required - optional)
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} keys missing (e.g. {', '.join(missing[:4])})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected keys (e.g. {', '.join(extra[:4])})")
+    if problems:
+        raise UserError("not an RWKV-7 x070 checkpoint: " + "; ".join(problems))
+    C = sd["emb.weight"].shape[1]
+    if H * N != C:
+        raise UserError(f"inconsistent shapes: r_k is {H}x{N} but the width is {C}")
+    cfg = ModelConfig.from_state_dict(sd)
+    with torch.device("meta"):
+        expected = RWKV7(cfg).state_dict()
+    wrong = [f"{k}: {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if sd[k].shape != v.shape]
+    if wrong:
+        raise UserError("inconsistent tensor shapes: " + "; ".join(wrong[:4]))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """torch.load a `.pth` safely (weights only, memory-mapped), with clear errors for bad files."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"model file not found: {p}")
+    if p.stat().st_size == 0:
+        raise UserError(f"model file is empty: {p}")
+    if not zipfile.is_zipfile(p):
+        raise UserError(
+            f"{p} is not a PyTorch checkpoint (or it is truncated)",
+            hint="re-download it; `rwkv1c download` checks size and sha256",
+        )
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # corrupt archive, pickled code, ...
+        raise UserError(f"cannot read {p}: {type(exc).__name__}: {exc}".strip()) from None
+    check_state_dict(sd)
+    return sd  # type: ignore[no-any-return]

@@ -1,0 +1,229 @@
+"""The RWKV-7 WKV operator: a generalised delta rule with per-channel decay.
+
+For each head (head size N), with the state S of shape (N_v, N_k) = (N, N) in fp32:
+
+    S_t = S_{t-1} @ (diag(w_t) + a_t b_t^T) + v_t k_t^T        y_t = S_t @ r_t
+
+where w_t in (0, 1) is the decay, a_t = -kappa_hat_t (removal key) and b_t = kappa_hat_t * iclr_t.
+The state layout (B, H, N_v, N_k) is the official one (the `rwkv` package and BlinkDL's kernels).
+
+Three implementations, chosen when called (never at import):
+- `wkv_reference`: the recurrence token by token in plain PyTorch. Slow; the ground truth.
+- `wkv_chunked`: an exact chunk-parallel form in plain PyTorch (CPU training / prefill); within a
+  chunk the delta-rule corrections are solved with a unit-triangular system, across chunks the state
+  is carried with two matmuls.
+- `wkv_fla`: flash-linear-attention's Triton `chunk_rwkv7` (GPU, forward and backward, varlen).
+
+All take r, k, v, a, b of shape (B, T, H, N), the log-decay `log_w` (B, T, H, N) (log_w = log w < 0),
+an optional initial state (B, H, N, N) and an optional `reset` (B, T) bool mask: where True, the state
+is zeroed before that token (a new document starts). They return y (B, T, H, N) in the input dtype
+and the final state (B, H, N, N) in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+WkvImpl = Literal["auto", "reference", "chunked", "fla"]
+CHUNK = 16  # 0.545**16 > 5e-5: cumulative decays inside a chunk stay well inside fp32 range
+
+
+def wkv_reference(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-by-token recurrence, fp32 state. Shapes as in the module docstring."""
+    B, T, H, N = r.shape
+    dtype = r.dtype
+    S = r.new_zeros(B, H, N, N, dtype=torch.float32) if state is None else state.float()
+    w = log_w.float().exp()
+    r, k, v, a, b = (t.float() for t in (r, k, v, a, b))
+    ys = []
+    for t in range(T):
+        if reset is not None:
+            S = S * (~reset[:, t]).float().view(B, 1, 1, 1)
+        sa = S @ a[:, t].unsqueeze(-1)  # (B, H, N, 1): the part of the state that the removal key reads
+        S = S * w[:, t].unsqueeze(-2) + sa @ b[:, t].unsqueeze(-2) + v[:, t].unsqueeze(-1) @ k[:, t].unsqueeze(-2)
+        ys.append((S @ r[:, t].unsqueeze(-1)).squeeze(-1))  # (B, H, N)
+    y = torch.stack(ys, dim=1) if ys else r.new_zeros(B, 0, H, N)
+    return y.to(dtype), S
+
+
+def _chunk_masks(reset: torch.Tensor | None, B: int, n: int, L: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Masks that cut every path through a document start. Shapes (B, n, L, L), (B, n, L), (B, n)."""
+    tri_strict = torch.ones(L, L, dtype=torch.bool, device=device).tril(-1)
+    tri_incl = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+    if reset is None:
+        return tri_strict, tri_incl, torch.ones(L, dtype=torch.bool, device=device), torch.ones((), dtype=torch.bool)
+    # cr[t] = resets at chunk positions <= t; s reaches t (s <= t) iff no reset in (s, t]  <=>  cr[t] == cr[s]
+    cr = reset.view(B, n, L).long().cumsum(-1)
+    same = cr.unsqueeze(-1) == cr.unsqueeze(-2)  # (B, n, L, L)
+    from_start = cr == 0  # (B, n, L): position t still sees the state the chunk started with
+    return same & tri_strict, same & tri_incl, from_start, from_start[..., -1]
+
+
+def wkv_chunked(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+    chunk: int = CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact chunk-parallel WKV (differentiable). Shapes as in the module docstring.
+
+    Inside a chunk of length L starting from state S0, write u_t = S_{t-1} a_t. Unrolling gives
+        u_t = S0 (d_{t-1} * a_t) + sum_{s<t} [u_s (b_s . a_t d_{t-1}/d_s) + v_s (k_s . a_t d_{t-1}/d_s)]
+    with d_t the cumulative decay, i.e. (I - M_ab) U = A~ S0^T + M_ak V: a unit lower-triangular solve.
+    Every decay ratio is formed as exp(cumlog_t - cumlog_s) with t >= s, so nothing overflows.
+    """
+    B, T, H, N = r.shape
+    dtype = r.dtype
+    L = chunk
+    pad = (-T) % L
+    f32 = [t.float() for t in (r, log_w, k, v, a, b)]
+    if pad:
+        # padded steps: no decay (log 0), no input; they do not touch the state
+        f32 = [torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad)) for t in f32]
+        if reset is not None:
+            reset = torch.nn.functional.pad(reset, (0, pad))
+    n = (T + pad) // L
+    # (B, H, n, L, N)
+    rr, lw, kk, vv, aa, bb = (t.view(B, n, L, H, N).permute(0, 3, 1, 2, 4) for t in f32)
+    cl = lw.cumsum(-2)  # log d_t, inclusive
+    cl_prev = cl - lw  # log d_{t-1}
+    strict, incl, from_start, end_from_start = _chunk_masks(reset, B, n, L, r.device)
+    if reset is not None:  # masks indexed (B, n, ...) -> broadcast over heads
+        strict, incl, from_start = strict.unsqueeze(1), incl.unsqueeze(1), from_start.unsqueeze(1)
+        end_from_start = end_from_start.unsqueeze(1)
+
+    def pair(q: torch.Tensor, q_log: torch.Tensor, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # M[t, s] = sum_c q_t[c] s_s[c] exp(q_log_t[c] - cl_s[c]), only where mask (t >= s so exponent <= 0)
+        diff = q_log.unsqueeze(-2) - cl.unsqueeze(-3)  # (B, H, n, L_t, L_s, N)
+        m = mask.unsqueeze(-1) if mask.dim() > 2 else mask.view(1, 1, 1, L, L, 1)
+        decay = torch.where(m, diff, torch.full_like(diff, -torch.inf)).exp()
+        return torch.einsum("bhntc,bhnsc,bhntsc->bhnts", q, s, decay)
+
+    m_ab = pair(aa, cl_prev, bb, strict)
+    m_ak = pair(aa, cl_prev, kk, strict)
+    m_rb = pair(rr, cl, bb, incl)
+    m_rk = pair(rr, cl, kk, incl)
+    fs = from_start.unsqueeze(-1).float() if reset is not None else 1.0
+    a_tilde = aa * cl_prev.exp() * fs  # (B, H, n, L, N): a_t d_{t-1}, zero after a reset
+    r_tilde = rr * cl.exp() * fs
+    eye = torch.eye(L, device=r.device, dtype=torch.float32)
+    solve = torch.linalg.solve_triangular(
+        eye - m_ab, torch.cat([a_tilde, m_ak @ vv], dim=-1), upper=False, unitriangular=True
+    )
+    u_from_state, u_const = solve[..., :N], solve[..., N:]  # U = u_from_state @ S0^T + u_const
+    y_from_state = r_tilde + m_rb @ u_from_state  # Y = y_from_state @ S0^T + y_const
+    y_const = m_rb @ u_const + m_rk @ vv
+    # end of chunk: S_L = S0 @ transition + addition
+    to_end = (cl[..., -1:, :] - cl).exp()  # d_L / d_s  (B, H, n, L, N)
+    if reset is not None:
+        cr = reset.view(B, n, L).long().cumsum(-1)
+        alive = (cr == cr[..., -1:]).unsqueeze(1).unsqueeze(-1).float()  # s still reaches the chunk end
+        to_end = to_end * alive
+    b_end, k_end = bb * to_end, kk * to_end
+    d_end = cl[..., -1, :].exp()
+    if reset is not None:
+        d_end = d_end * end_from_start.float().unsqueeze(-1)
+    transition = torch.diag_embed(d_end) + u_from_state.transpose(-1, -2) @ b_end  # (B, H, n, N_k, N_k)
+    addition = u_const.transpose(-1, -2) @ b_end + vv.transpose(-1, -2) @ k_end  # (B, H, n, N_v, N_k)
+
+    S = r.new_zeros(B, H, N, N, dtype=torch.float32) if state is None else state.float()
+    ys = []
+    for c in range(n):
+        ys.append(y_from_state[:, :, c] @ S.transpose(-1, -2) + y_const[:, :, c])  # (B, H, L, N)
+        S = S @ transition[:, :, c] + addition[:, :, c]
+    y = torch.stack(ys, dim=2).view(B, H, n * L, N).permute(0, 2, 1, 3)[:, :T]
+    return y.to(dtype), S
+
+
+def wkv_fla(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """flash-linear-attention's `chunk_rwkv7` (Triton, CUDA only). Shapes as in the module docstring.
+
+    fla keeps the state as (B, H, N_k, N_v), the transpose of ours. Document resets go through its
+    varlen interface (`cu_seqlens`, batch folded to 1), which starts each segment from a zero state.
+    """
+    from fla.ops.rwkv7 import chunk_rwkv7
+
+    B, T, H, N = r.shape
+    h0 = None if state is None else state.float().transpose(-1, -2).contiguous()
+    if reset is None:
+        y, s = chunk_rwkv7(r, log_w, k, v, a, b, scale=1.0, initial_state=h0, output_final_state=True)
+        return y, s.transpose(-1, -2).float()
+    starts = reset.clone()
+    starts[:, 0] = True  # every row is its own segment at least
+    flat = torch.nonzero(starts.reshape(-1)).squeeze(-1)
+    cu = torch.cat([flat, flat.new_tensor([B * T])]).to(torch.int32)
+    # a row that does not begin with a reset continues from its initial state: varlen takes one
+    # initial state per segment, zero for segments that begin a new document
+    seg_h0 = None
+    if h0 is not None:
+        seg_h0 = h0.new_zeros(len(flat), H, N, N)
+        row_first = torch.arange(B, device=r.device) * T
+        first_idx = torch.searchsorted(flat, row_first)
+        keep = ~reset[:, 0]
+        seg_h0[first_idx[keep]] = h0[keep]
+    flat_in = [t.reshape(1, B * T, H, N) for t in (r, log_w, k, v, a, b)]
+    y, s = chunk_rwkv7(*flat_in, scale=1.0, initial_state=seg_h0, output_final_state=True, cu_seqlens=cu)
+    last_seg = torch.searchsorted(flat, torch.arange(1, B + 1, device=r.device) * T) - 1
+    return y.view(B, T, H, N), s[last_seg].transpose(-1, -2).float()
+
+
+def fla_available() -> bool:
+    """True when the Triton kernel can run here (CUDA device and `fla` importable)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import fla.ops.rwkv7  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def wkv(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+    impl: WkvImpl = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch to an implementation. "auto": fla on CUDA when installed, else chunked (T > 1) or reference."""
+    if impl == "auto":
+        if r.is_cuda and fla_available():
+            impl = "fla"
+        else:
+            impl = "chunked" if r.shape[1] > 1 else "reference"
+    if impl == "fla":
+        return wkv_fla(r, log_w, k, v, a, b, state, reset)
+    if impl == "chunked":
+        return wkv_chunked(r, log_w, k, v, a, b, state, reset)
+    if impl == "reference":
+        return wkv_reference(r, log_w, k, v, a, b, state, reset)
+    raise ValueError(f"unknown WKV implementation {impl!r}")

@@ -27,19 +27,7 @@ setting() {  # setting KEY DEFAULT -> value from configs/workspace.env, else DEF
 }
 TORCH_VERSION=$(setting TORCH_VERSION 2.13.0)
 
-# 2. Which torch wheel index: set explicitly in workspace.env, or chosen from the GPU.
-if [[ -f configs/workspace.env ]] && grep -qE '^TORCH_INDEX_URL=' configs/workspace.env; then
-  TORCH_INDEX_URL=$(setting TORCH_INDEX_URL "")
-  INDEX_REASON="TORCH_INDEX_URL in configs/workspace.env"
-elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  TORCH_INDEX_URL="https://download.pytorch.org/whl/cu124"
-  INDEX_REASON="an NVIDIA GPU is visible"
-else
-  TORCH_INDEX_URL=""
-  INDEX_REASON="no NVIDIA GPU visible: CPU build from PyPI"
-fi
-
-# 3. Python >= 3.10 and the virtual environment.
+# 2. Python >= 3.10 and the virtual environment.
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
   echo "bootstrap: Python 3.10 or newer is needed (found: $("$PYTHON" --version 2>&1 || echo none))." >&2
@@ -52,20 +40,40 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 
+# 3. Which torch wheel index: set explicitly in workspace.env, or chosen from the GPU that nvidia-smi lists
+#    (also /usr/lib/wsl/lib/nvidia-smi under WSL2). The rule lives in rwkv1c.doctor.torch_index_choice, for
+#    torch 2.12+: Turing..Blackwell (RTX 20xx-50xx) with driver 580+ -> cu130; older cards or drivers -> cu126;
+#    no NVIDIA GPU -> plain PyPI.
+if [[ -f configs/workspace.env ]] && grep -qE '^TORCH_INDEX_URL=' configs/workspace.env; then
+  TORCH_INDEX_URL=$(setting TORCH_INDEX_URL "")
+  INDEX_REASON="TORCH_INDEX_URL in configs/workspace.env"
+else
+  CHOICE=$(PYTHONPATH=src .venv/bin/python -c 'from rwkv1c.doctor import print_torch_index; print_torch_index()')
+  TORCH_INDEX_URL=${CHOICE%%$'\t'*}
+  INDEX_REASON=${CHOICE#*$'\t'}
+fi
+echo "bootstrap: torch wheel index: ${TORCH_INDEX_URL:-PyPI} ($INDEX_REASON)"
+# A build-specific index gets the build's local version (torch==2.13.0+cu130): a plain ==2.13.0 would accept
+# the CPU build already installed and never switch to the CUDA one.
+TORCH_SPEC="torch==$TORCH_VERSION"
+if [[ "$TORCH_INDEX_URL" =~ /whl/(cpu|cu[0-9]+)/?$ ]]; then
+  TORCH_SPEC="torch==$TORCH_VERSION+${BASH_REMATCH[1]}"
+fi
+
 # 4. Skip the install when nothing changed since the last successful one.
 STAMP=.venv/.rwkv1c-bootstrap
-WANT=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"|$TORCH_VERSION|$TORCH_INDEX_URL|$EXTRAS"
+WANT=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"|$TORCH_SPEC|$TORCH_INDEX_URL|$EXTRAS"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
-  echo "bootstrap: .venv is up to date (torch $TORCH_VERSION; $INDEX_REASON)"
+  echo "bootstrap: .venv is up to date ($TORCH_SPEC; nothing to install)"
   exit 0
 fi
 
 # 5. torch first, from the chosen index; then everything else pinned by constraints.txt.
-echo "bootstrap: installing torch==$TORCH_VERSION (${TORCH_INDEX_URL:-PyPI}; $INDEX_REASON)"
+echo "bootstrap: installing $TORCH_SPEC from ${TORCH_INDEX_URL:-PyPI}"
 if [[ -n "$TORCH_INDEX_URL" ]]; then
-  "${PIP[@]}" install -q "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple
+  "${PIP[@]}" install -q "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple
 else
-  "${PIP[@]}" install -q "torch==$TORCH_VERSION"
+  "${PIP[@]}" install -q "$TORCH_SPEC"
 fi
 TARGET="."
 [[ -n "$EXTRAS" ]] && TARGET=".[$EXTRAS]"

@@ -188,4 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rwkv1c {command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from rwkv1c.hints import print_hint
+
+        if not print_hint(command, exc):
+            raise
+        return 1
     return result if isinstance(result, int) else 0

@@ -162,7 +162,8 @@ def as_dict(obj: Any) -> dict[str, Any]:
 class Workspace:
     """Machine settings from `configs/workspace.env` (git-ignored; see `workspace.env.example`)."""
 
-    torch_index_url: str = "https://download.pytorch.org/whl/cu124"
+    torch_version: str = "2.13.0"
+    torch_index_url: str = ""
     model_preset: str = "rwkv7-1.5b"
     profile: str = "lora-bf16"
     models_dir: Path = Path("models/base")

@@ -238,13 +238,6 @@ def test_completion_prompt_choice_is_seeded() -> None:
     assert len(a) == 4 and [p.id for p in a] == [p.id for p in completion_prompts(rows, 4, seed=1)]
     assert [p.id for p in a] != [p.id for p in completion_prompts(rows, 4, seed=2)]
     assert a[0].prefix == "Процедура Проверить(А)\n\tЕсли А Тогда" and a[0].reference == COMPLETE["response"]
-    # the default harvest layout (instruction / answer beside text) gives the same prompts
-    harvested = [
-        {k: v for k, v in r.items() if k not in ("prompt", "response")}
-        | {"instruction": r["prompt"], "answer": r["response"]}
-        for r in rows[:10]
-    ]
-    assert completion_prompts(harvested, 4, seed=1) == a
 
 
 def test_entry_names_are_unique(tmp_path: Path) -> None:

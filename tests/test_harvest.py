@@ -11,6 +11,7 @@ import pytest
 
 from rwkv1c import bsl, cli
 from rwkv1c.errors import UserError
+from rwkv1c.prompts import render_pair
 from rwkv1c.harvest import (
     HarvestSettings,
     NearDuplicateIndex,
@@ -243,13 +244,13 @@ def test_edt_project_end_to_end(edt_tree: Path, tmp_path: Path) -> None:
     # the documented method became a doc2code row in the chat format, with the execution context beside it
     (doc,) = [r for r in rows if r["task"] == "doc2code"]
     assert doc["source"] == "src/CommonModules/Расчеты/Module.bsl" and doc["context"] == ["server", "server_call"]
-    assert doc["text"] == f"User: {doc['instruction']}\n\nAssistant: {doc['answer']}"
+    assert doc["text"] == "".join(t for t, _ in render_pair(doc["prompt"], doc["response"]))
     assert (
-        "СуммаСтрок(Таблица)" in doc["instruction"] and "Возвращает сумму строк табличной части." in doc["instruction"]
+        "СуммаСтрок(Таблица)" in doc["prompt"] and "Возвращает сумму строк табличной части." in doc["prompt"]
     )
-    assert "Таблица - ТаблицаЗначений - строки с колонкой Сумма." in doc["instruction"]
-    assert doc["answer"].startswith("Функция СуммаСтрок(Таблица) Экспорт") and "//" not in doc["answer"]
-    assert doc["answer"].endswith("КонецФункции") and bsl.check_structure(doc["answer"]) == []
+    assert "Таблица - ТаблицаЗначений - строки с колонкой Сумма." in doc["prompt"]
+    assert doc["response"].startswith("Функция СуммаСтрок(Таблица) Экспорт") and "//" not in doc["response"]
+    assert doc["response"].endswith("КонецФункции") and bsl.check_structure(doc["response"]) == []
     form_rows = [r for r in rows if r.get("form") == "ФормаЭлемента"]
     assert form_rows and all(r["module_kind"] == "form_module" for r in form_rows)
     # every row carries its token count
@@ -336,29 +337,25 @@ def test_completion_rows_cut_at_statement_starts(tmp_path: Path) -> None:
     write(tmp_path / "CommonModules" / "М" / "Ext" / "Module.bsl", text)
     result = harvest_tree(tmp_path, HarvestSettings(), split=False)
     (row,) = [r for r in result.train if r["task"] == "complete"]
-    prefix = row["instruction"].split("\n", 1)[1]
-    assert row["text"] == f"User: {row['instruction']}\n\nAssistant: {row['answer']}"
-    assert (prefix + "\n" + row["answer"]).strip() == text.strip()
-    assert bsl.check_structure(prefix + "\n" + row["answer"]) == []
+    prefix = row["prompt"].split("\n", 1)[1]
+    assert row["text"] == "".join(t for t, _ in render_pair(row["prompt"], row["response"]))
+    assert (prefix + "\n" + row["response"]).strip() == text.strip()
+    assert bsl.check_structure(prefix + "\n" + row["response"]) == []
 
 
 def test_rows_are_accepted_by_prepare(edt_tree: Path) -> None:
+    """Text rows train on everything; instruction rows are rendered from prompt/response with the prompt masked."""
     from rwkv1c.prepare import parse_row
 
-    default = harvest_tree(edt_tree, HarvestSettings(), split=False).train
-    pairs = harvest_tree(edt_tree, HarvestSettings(pairs=True), split=False).train
-    assert len(default) == len(pairs) and {r["task"] for r in default} == {"text", "doc2code", "complete"}
-    for row, pair in zip(default, pairs, strict=True):
+    rows = harvest_tree(edt_tree, HarvestSettings(), split=False).train
+    assert {r["task"] for r in rows} == {"text", "doc2code", "complete"}
+    for row in rows:
         segments, instruction = parse_row(json.dumps(row, ensure_ascii=False).encode())
-        assert not instruction and segments == [(row["text"], True)]  # every default row is a text row
-        segments, instruction = parse_row(json.dumps(pair, ensure_ascii=False).encode())
         if row["task"] == "text":
-            assert pair == row and not instruction
+            assert not instruction and segments == [(row["text"], True)]
             continue
-        assert "text" not in pair and (pair["prompt"], pair["response"]) == (row["instruction"], row["answer"])
         assert instruction and [t for _, t in segments] == [False, True]  # only the answer is trained
-        if row["task"] == "doc2code":
-            assert "".join(text for text, _ in segments) == row["text"]
+        assert "".join(text for text, _ in segments) == row["text"]
 
 
 def test_bad_arguments_are_reported_together(tmp_path: Path) -> None:
@@ -446,8 +443,8 @@ def test_corpus_documented_methods_become_instructions(corpus_dir: Path, corpus_
     hits = len(documented & covered)
     assert len(documented) > 1000 and hits / len(documented) >= 0.95, (hits, len(documented))
     for r in rows[::50]:
-        assert bsl.check_structure(r["answer"]) == []
-        assert r["answer"].split("\n")[-1].strip() in ("КонецФункции", "КонецПроцедуры")
+        assert bsl.check_structure(r["response"]) == []
+        assert r["response"].split("\n")[-1].strip() in ("КонецФункции", "КонецПроцедуры")
 
 
 @pytest.mark.corpus

@@ -140,10 +140,10 @@ def completion_prompts(rows: Sequence[dict[str, Any]], count: int, seed: int, ma
     """Up to ``count`` complete-the-method prompts of a harvested validation file, chosen by a seeded hash."""
     candidates = []
     for row in rows:
-        user = row.get("instruction", row.get("prompt"))  # harvest rows, or the same written with --pairs
+        user = row.get("prompt")  # harvest's instruction rows carry prompt / response beside text
         if row.get("task") != "complete" or not isinstance(user, str):
             continue
-        reference = str(row.get("answer", row.get("response", "")))
+        reference = str(row.get("response", ""))
         if len(user) > max_chars or "\n" not in user:
             continue
         key = f"{seed}:{row.get('source', '')}:{row.get('method', '')}:{user}"

@@ -41,7 +41,7 @@ from typing import Any, Literal
 from rwkv1c import bsl
 from rwkv1c.errors import UserError, raise_all
 from rwkv1c.fsutil import atomic_open, write_json
-from rwkv1c.prompts import render_prompt
+from rwkv1c.prompts import render_pair, render_prompt
 
 Encoder = Callable[[Sequence[str]], list[list[int]]]
 Layout = Literal["designer", "edt", "other"]
@@ -147,7 +147,6 @@ class HarvestSettings:
     instructions: bool = True
     completions: bool = True
     min_completion_lines: int = 4
-    pairs: bool = False
 
     def check(self) -> None:
         problems = []
@@ -375,9 +374,8 @@ def _unit_hash(key: str) -> float:
 
 
 def _chat(user: str, answer: str) -> tuple[str, str]:
-    """(rendered prompt, full text) in the chat format ``User: ...\\n\\nAssistant: ...``."""
-    prompt = render_prompt(user)
-    return prompt, f"{prompt} {answer}"
+    """(rendered prompt, full text) in the chat format ``User: ...\\n\\nAssistant: ...`` (as `prepare` renders it)."""
+    return render_prompt(user), "".join(text for text, _ in render_pair(user, answer))
 
 
 def _method_code(parsed: bsl.ParsedModule, m: bsl.Method, with_doc: bool) -> str:
@@ -542,8 +540,8 @@ def module_samples(
                     **_meta(info, "doc2code"),
                     "method": m.name,
                     "language": doc.language,
-                    "instruction": user,
-                    "answer": code,
+                    "prompt": user,
+                    "response": code,
                 }
             )
         if settings.completions and self_contained:
@@ -610,8 +608,8 @@ def _completion_row(
         **_meta(info, "complete"),
         "method": m.name,
         "language": "en" if language == "en" else "ru",
-        "instruction": user,
-        "answer": answer,
+        "prompt": user,
+        "response": answer,
     }
 
 
@@ -729,9 +727,6 @@ def harvest_tree(
             seen.add(digest)
             unique.append(row)
         setattr(result, name, unique)
-    if settings.pairs:
-        result.train = [as_pair(r) for r in result.train]
-        result.validation = [as_pair(r) for r in result.validation]
     for rows in (result.train, result.validation):
         for row in rows:
             by_path[row["source"]]["samples"] = by_path[row["source"]].get("samples", 0) + 1
@@ -781,15 +776,6 @@ def harvest_tree(
     return result
 
 
-def as_pair(row: dict[str, Any]) -> dict[str, Any]:
-    """An instruction row as ``{"prompt", "response", metadata}`` (no ``text``); other rows unchanged."""
-    if "instruction" not in row:
-        return row
-    out = {"prompt": row["instruction"], "response": row["answer"]}
-    out.update((k, v) for k, v in row.items() if k not in ("text", "instruction", "answer"))
-    return out
-
-
 def _progress(items: Sequence[Any], enabled: bool, desc: str) -> Any:
     if not enabled:
         return items
@@ -835,8 +821,8 @@ def dataset_card(summary: dict[str, Any]) -> str:
         "- `doc2code`: `User: <request built from the doc comment>\\n\\nAssistant: <the method>`;",
         "- `complete`: `User: <first lines of a method>\\n\\nAssistant: <the rest of it>`.",
         "",
-        "Instruction rows also carry `instruction` (the request) and `answer` (the code); with `--pairs` they are",
-        "written as `prompt` / `response` without `text`, so that `rwkv1c prepare` trains on the answers only.",
+        "Instruction rows also carry `prompt` (the request) and `response` (the code): `rwkv1c prepare` renders",
+        "those itself and trains on the answers only.",
         "Every row names its `source` module, `module_kind`, `object_type`, `object_name` and, where known, `form`,",
         "`command`, `context` (execution context of a common module), `method`, and its length in `tokens`",
         "(RWKV World tokenizer).",
@@ -890,7 +876,6 @@ def harvest(
     near_duplicate_threshold: float = 0.85,
     instructions: bool = True,
     completions: bool = True,
-    pairs: bool = False,
 ) -> int:
     """Build JSONL training data from a 1C configuration dump (Designer or EDT layout).
 
@@ -910,8 +895,6 @@ def harvest(
         near_duplicate_threshold: Word 5-gram Jaccard similarity from which two modules count as duplicates.
         instructions: Build doc2code rows from methods with a standard doc comment.
         completions: Build complete-the-method rows.
-        pairs: Write instruction rows as {"prompt", "response"} without "text", so that `rwkv1c prepare` trains
-            on the answers only (default: every row has "text").
     """
     problems = []
     if not src_dir.is_dir():
@@ -938,7 +921,6 @@ def harvest(
         near_duplicate_threshold=near_duplicate_threshold,
         instructions=instructions,
         completions=completions,
-        pairs=pairs,
     )
     result = harvest_tree(src_dir, settings, split=validation_output is not None, progress=True)
     write_outputs(result, output, validation_output)

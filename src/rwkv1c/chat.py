@@ -44,7 +44,7 @@ class ChatSession:
 
         from rwkv1c.prompts import STOP_STRINGS
 
-        stops = tuple(dict.fromkeys((*params.stop, *STOP_STRINGS)))  # a turn ends at "\\n\\nUser:" or token 0
+        stops = tuple(dict.fromkeys((*params.stop, *STOP_STRINGS)))  # a turn ends at "\\n\\n" or token 0
         self.params = dataclasses.replace(params, stop=stops)
         self.engine = engine
         self.system = system.strip() if system and system.strip() else None
@@ -163,7 +163,7 @@ def chat(
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
     penalty_decay: float = 0.996,
-    blank_line_stop: bool = False,
+    blank_line_stop: bool = True,
     seed: int | None = None,
     device: Device = "auto",
     dtype: DType = "auto",
@@ -185,7 +185,7 @@ def chat(
         presence_penalty: subtracted from the logit of every token already in the reply.
         frequency_penalty: subtracted per (decayed) occurrence in the reply; spaces and digits are exempt.
         penalty_decay: each step multiplies the occurrence counts by this.
-        blank_line_stop: also end a reply at its first blank line (how base RWKV chat models end a turn).
+        blank_line_stop: end a reply at its first blank line (how RWKV chat models end a turn).
         seed: makes the replies reproducible.
         device: where to run: auto (CUDA when available), cpu or cuda.
         dtype: weights' precision: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.

@@ -197,7 +197,7 @@ def generate(
     frequency_penalty: float = 0.0,
     penalty_decay: float = 0.996,
     stop: list[str] | None = None,
-    blank_line_stop: bool = False,
+    blank_line_stop: bool = True,
     seed: int | None = None,
     batch_size: int = 16,
     output: Path | None = None,
@@ -207,9 +207,9 @@ def generate(
     """Generate text: the continuation of --prompt on stdout, or JSONL for a --prompts file.
 
     Sampling follows the `rwkv` package: top-p / top-k on the untempered probabilities, then the
-    temperature; --temperature 0 is greedy. Generation stops at token 0, at any --stop string (with
-    --chat also at "\\n\\nUser:", the next turn), at a blank line with --blank-line-stop, or after
-    --max-tokens.
+    temperature; --temperature 0 is greedy. Generation stops at token 0, at the first blank line
+    ("\\n\\n", how RWKV ends a chat turn; --no-blank-line-stop continues raw code past blank lines), at
+    any --stop string, or after --max-tokens.
 
     Args:
         model: the .pth checkpoint (a base or a merged model).
@@ -227,8 +227,8 @@ def generate(
         frequency_penalty: subtracted per (decayed) occurrence; spaces, tabs and digits are not counted.
         penalty_decay: each step multiplies the occurrence counts by this.
         stop: strings that end the generation (repeatable; \\n and \\t are understood).
-        blank_line_stop: also stop at the first blank line (how base RWKV chat models end a turn; off
-            by default because code answers contain blank lines).
+        blank_line_stop: stop at the first blank line (how RWKV chat models end a turn); turn it off
+            with --no-blank-line-stop to continue raw code, which has blank lines of its own.
         seed: makes sampling reproducible (line i of a prompts file uses seed + i unless it sets its own).
         batch_size: the most prompts decoded together.
         output: write the JSONL (or the text) to this file instead of stdout (atomically).

@@ -38,9 +38,9 @@ class SamplingParams:
     """How to continue one prompt. Defaults suit code: nucleus sampling without penalties.
 
     stop: strings that end the completion (not included in the text).
-    stop_at_blank_line: also stop at the first blank line ("\\n\\n"): how base RWKV chat models end a
-        turn. Off by default: answers of the rwkv1c chat format keep their blank lines (code needs
-        them) and end with token 0 or "\\n\\nUser:" (`rwkv1c.prompts.STOP_STRINGS`).
+    stop_at_blank_line: also stop at the first blank line ("\\n\\n"): how RWKV chat models end a turn
+        (the chat format collapses blank lines inside turns, see `rwkv1c.prompts`). Turn it off to
+        continue raw code, which has blank lines of its own.
     stop_token_ids: tokens that end the completion (never included); token 0 ends a document.
     ban_token_ids: tokens that are never generated.
     seed: None draws a fresh seed; an int makes the sampled tokens reproducible.
@@ -54,7 +54,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     penalty_decay: float = 0.996
     stop: tuple[str, ...] = ()
-    stop_at_blank_line: bool = False
+    stop_at_blank_line: bool = True
     stop_token_ids: tuple[int, ...] = (END_OF_TEXT,)
     ban_token_ids: tuple[int, ...] = ()
     seed: int | None = None

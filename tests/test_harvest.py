@@ -11,7 +11,6 @@ import pytest
 
 from rwkv1c import bsl, cli
 from rwkv1c.errors import UserError
-from rwkv1c.prompts import render_pair
 from rwkv1c.harvest import (
     HarvestSettings,
     NearDuplicateIndex,
@@ -25,6 +24,7 @@ from rwkv1c.harvest import (
     statement_starts,
     strip_header,
 )
+from rwkv1c.prompts import render_pair
 
 HEADER = (
     "////////////////////////////////////////\n"

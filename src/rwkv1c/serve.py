@@ -9,7 +9,8 @@ back to the request's HTTP thread through a queue. Errors use OpenAI's body
 Fields left out take the engine's defaults (temperature 1.0, top_p 0.3, max_tokens from
 --max-tokens), not OpenAI's. Chat completions also stop at the first blank line ("\\n\\n", how RWKV
 ends a chat turn); completions stop only where the request says, as in OpenAI's API.
-Extensions: `top_k`, `penalty_decay`, `blank_line_stop` (completions; default false). Not supported (400): `logprobs`, `echo`, `suffix`,
+Extensions: `top_k`, `penalty_decay`, `blank_line_stop` (completions; default false).
+Not supported (400): `logprobs`, `echo`, `suffix`,
 `logit_bias`, `tools`, non-text `response_format`.
 """
 

@@ -1,10 +1,10 @@
 """fla's Triton `chunk_rwkv7` against our fp32 reference WKV (GPU only).
 
 Tolerances: with fp32 inputs Triton's `tl.dot` still multiplies in TF32 (10-bit mantissa,
-~1e-3 relative per product), so we allow 5e-3 (1e-2 for gradients, which chain more products). With bf16 inputs fla rounds intermediate products to bf16
-(8 significant bits, ~4e-3 relative per rounding) while the reference is fp32 throughout; over
-hundreds of steps the rounding accumulates, so we allow 3e-2 of the output's scale. Gradients are
-compared the same way.
+~1e-3 relative per product), so we allow 5e-3 (1e-2 for gradients, which chain more products).
+With bf16 inputs fla rounds intermediate products to bf16 (8 significant bits, ~4e-3 relative per
+rounding) while the reference is fp32 throughout; over hundreds of steps the rounding accumulates,
+so we allow 3e-2 of the output's scale (5e-2 for gradients).
 """
 
 from __future__ import annotations

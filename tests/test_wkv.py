@@ -83,3 +83,14 @@ def test_gradients_match_reference() -> None:
 def test_dispatch_rejects_unknown_impl() -> None:
     with pytest.raises(ValueError, match="unknown WKV"):
         wkv(*random_inputs(1, 2, 1), impl="nope")  # type: ignore[arg-type]
+
+
+def test_compute_dtype_for_mixed_inputs() -> None:
+    """fla needs one dtype: mixed bf16 / fp32 inputs (autocast, quantised layers) run in bf16."""
+    from rwkv1c.wkv import _compute_dtype
+
+    f32, bf16 = torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)
+    assert _compute_dtype(f32, f32) == torch.float32
+    assert _compute_dtype(f32, bf16, f32) == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _compute_dtype(f32, f32) == torch.bfloat16

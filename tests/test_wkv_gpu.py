@@ -95,3 +95,16 @@ def test_model_on_gpu_matches_cpu(tiny_pth) -> None:
         out, s = gpu(tokens.cuda(), reset=reset.cuda())
     assert rel(out.cpu(), ref) < 5e-3
     assert rel(s.wkv.cpu(), s_ref.wkv) < 5e-3
+
+
+def test_fla_mixed_dtypes_under_autocast() -> None:
+    """Autocast leaves some inputs fp32 (normalize, sigmoid of fp32 params): they run together in bf16."""
+    inputs = random_inputs(1, 96, 2, seed=8)
+    x = [t.cuda() for t in inputs]
+    x[0] = x[0].bfloat16()  # r from a bf16 linear; the others stay fp32
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, s = wkv_fla(*x)
+    y_ref, s_ref = wkv_reference(*[t.float() for t in x])
+    assert y.dtype == torch.bfloat16
+    assert rel(y, y_ref) < 3e-2
+    assert rel(s, s_ref) < 3e-2

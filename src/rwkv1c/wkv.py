@@ -168,6 +168,12 @@ def wkv_fla(
     """
     from fla.ops.rwkv7 import chunk_rwkv7
 
+    # fla's kernels need r, k, v, a, b in one dtype. Under autocast (or with quantised layers, whose
+    # outputs follow their fp32 inputs) they arrive mixed, so they run in the 16-bit compute dtype;
+    # the log-decay stays fp32.
+    compute = _compute_dtype(r, k, v, a, b)
+    r, k, v, a, b = (t.to(compute) for t in (r, k, v, a, b))
+    log_w = log_w.float()
     B, T, H, N = r.shape
     h0 = None if state is None else state.float().transpose(-1, -2).contiguous()
     if reset is None:
@@ -190,6 +196,15 @@ def wkv_fla(
     y, s = chunk_rwkv7(*flat_in, scale=1.0, initial_state=seg_h0, output_final_state=True, cu_seqlens=cu)
     last_seg = torch.searchsorted(flat, torch.arange(1, B + 1, device=r.device) * T) - 1
     return y.view(B, T, H, N), s[last_seg].transpose(-1, -2).float()
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on, else the 16-bit dtype among the inputs, else theirs."""
+    device = tensors[0].device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    half = [t.dtype for t in tensors if t.dtype in (torch.bfloat16, torch.float16)]
+    return half[0] if half else tensors[0].dtype
 
 
 def fla_available() -> bool:

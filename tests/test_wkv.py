@@ -94,3 +94,55 @@ def test_compute_dtype_for_mixed_inputs() -> None:
     assert _compute_dtype(f32, bf16, f32) == torch.bfloat16
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _compute_dtype(f32, f32) == torch.bfloat16
+
+
+def fake_chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None):
+    """A CPU stand-in with fla's documented contract: (B, T, H, K) inputs, `w` the log decay, states
+    (N, H, K, V) (the transpose of ours), varlen through `cu_seqlens` with B == 1, each segment
+    starting from its own initial state."""
+    assert scale == 1.0
+    if cu_seqlens is None:
+        s0 = None if initial_state is None else initial_state.transpose(-1, -2)
+        y, s = wkv_reference(r, w, k, v, a, b, state=s0)
+        return y, s.transpose(-1, -2)
+    assert r.shape[0] == 1 and cu_seqlens.dtype == torch.int32
+    ys, finals = [], []
+    bounds = cu_seqlens.tolist()
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        s0 = None if initial_state is None else initial_state[i : i + 1].transpose(-1, -2)
+        y, s = wkv_reference(*(t[:, lo:hi] for t in (r, w, k, v, a, b)), state=s0)
+        ys.append(y)
+        finals.append(s.transpose(-1, -2))
+    return torch.cat(ys, dim=1), torch.cat(finals)
+
+
+def test_fla_wrapper_segments_and_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our wrapper around fla (dtype, state transpose, varlen segments, per-row initial and final
+    states) checked on the CPU against the reference, through a stand-in with fla's contract."""
+    import sys
+    import types
+
+    from rwkv1c.wkv import varlen_segments, wkv_fla
+
+    module = types.ModuleType("fla.ops.rwkv7")
+    module.chunk_rwkv7 = fake_chunk_rwkv7  # type: ignore[attr-defined]
+    for name in ("fla", "fla.ops"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "fla.ops.rwkv7", module)
+
+    T = 30
+    inputs = random_inputs(3, T, 2, seed=9)
+    s0 = torch.randn(3, 2, 64, 64)
+    reset = torch.zeros(3, T, dtype=torch.bool)
+    reset[0, [0, 11]] = True
+    reset[1, [5, 6, 29]] = True  # row 1 continues its initial state for 5 tokens
+    y_ref, s_ref = wkv_reference(*inputs, state=s0, reset=reset)
+    for segments in (None, varlen_segments(reset)):
+        y, s = wkv_fla(*inputs, state=s0, reset=reset, segments=segments)
+        assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+    y, s = wkv_fla(*inputs, state=s0)
+    y_ref, s_ref = wkv_reference(*inputs, state=s0)
+    assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+    seg = varlen_segments(reset)
+    assert seg.cu_seqlens.tolist() == [0, 11, 30, 35, 36, 59, 60, 90] and seg.count == 7
+    assert seg.first.tolist() == [0, 2, 6] and seg.last.tolist() == [1, 5, 6]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rwkv1c.errors import UserError
-from rwkv1c.wkv import WkvImpl, wkv
+from rwkv1c.wkv import Segments, WkvImpl, varlen_segments, wkv
 
 HEAD_SIZE = 64  # every released RWKV-7 uses 64; kernels and the GroupNorm eps assume it
 LN_X_EPS = 64e-5  # GroupNorm eps of ln_x: 1e-5 * 8**2, not the usual 1e-5
@@ -162,6 +162,7 @@ class TimeMix(nn.Module):
         state: torch.Tensor | None,  # (B, H, N, N) fp32, or None
         reset: torch.Tensor | None,  # (B, T) bool
         impl: WkvImpl,
+        segments: Segments | None = None,  # reset's varlen form for the fla kernel, shared by all layers
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
@@ -194,6 +195,7 @@ class TimeMix(nn.Module):
             state=state,
             reset=reset,
             impl=impl,
+            segments=segments,
         )
         y = self.ln_x(y.reshape(B * T, C).to(x.dtype)).view(B, T, C)
         bonus = (r.view(B, T, H, N) * k.view(B, T, H, N) * self.r_k).sum(-1, keepdim=True) * v.view(B, T, H, N)
@@ -236,6 +238,7 @@ class Block(nn.Module):
         state: RWKVState | None,
         reset: torch.Tensor | None,
         impl: WkvImpl,
+        segments: Segments | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         i = self.layer_id
         if i == 0:
@@ -248,6 +251,7 @@ class Block(nn.Module):
             None if state is None else state.wkv[i],
             reset,
             impl,
+            segments,
         )
         x = x + att_out
         xf = self.ln2(x)
@@ -279,36 +283,43 @@ class RWKV7(nn.Module):
         reset: torch.Tensor | None = None,
         last_only: bool = False,
         need_state: bool = True,
+        return_hidden: bool = False,
     ) -> tuple[torch.Tensor, RWKVState | None]:
         """Run tokens (B, T) from `state` (zeros when None).
 
         reset: (B, T) bool, True where a new document starts (state zeroed before that token).
         last_only: return logits for the last position only, (B, 1, V).
         need_state: False skips building the returned state (training).
+        return_hidden: return the final normalised hidden states (B, T, C) instead of logits, for a
+            loss that applies the head itself (chunked cross-entropy).
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (B, T), got shape {tuple(tokens.shape)}")
         x = self.emb(tokens)
         v_first: torch.Tensor | None = None
+        # document boundaries in the fla kernel's varlen form, built once and shared by every layer
+        segments = varlen_segments(reset) if reset is not None and tokens.is_cuda else None
         shifts_att, shifts_ffn, wkv_states = [], [], []
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x, v_first, (sa, sf, sw) = torch.utils.checkpoint.checkpoint(
-                    block, x, v_first, state, reset, self.wkv_impl, use_reentrant=False
+                    block, x, v_first, state, reset, self.wkv_impl, segments, use_reentrant=False
                 )
             else:
-                x, v_first, (sa, sf, sw) = block(x, v_first, state, reset, self.wkv_impl)
+                x, v_first, (sa, sf, sw) = block(x, v_first, state, reset, self.wkv_impl, segments)
             if need_state:
                 shifts_att.append(sa)
                 shifts_ffn.append(sf)
                 wkv_states.append(sw)
         if last_only:
             x = x[:, -1:]
-        logits = self.head(self.ln_out(x))
+        out = self.ln_out(x)
+        if not return_hidden:
+            out = self.head(out)
         new_state = None
         if need_state:
             new_state = RWKVState(torch.stack(shifts_att), torch.stack(shifts_ffn), torch.stack(wkv_states))
-        return logits, new_state
+        return out, new_state
 
     def zero_state(self, batch: int) -> RWKVState:
         p = self.emb.weight

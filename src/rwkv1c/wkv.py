@@ -22,6 +22,7 @@ and the final state (B, H, N, N) in fp32.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -160,11 +161,15 @@ def wkv_fla(
     b: torch.Tensor,
     state: torch.Tensor | None = None,
     reset: torch.Tensor | None = None,
+    segments: Segments | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """flash-linear-attention's `chunk_rwkv7` (Triton, CUDA only). Shapes as in the module docstring.
 
     fla keeps the state as (B, H, N_k, N_v), the transpose of ours. Document resets go through its
     varlen interface (`cu_seqlens`, batch folded to 1), which starts each segment from a zero state.
+    Pass `segments` (from `varlen_segments(reset)`, built once per forward pass) so that every layer
+    shares one `cu_seqlens` tensor: fla caches its chunk indices per tensor, and building the
+    boundaries again in each layer would cost a device-to-host sync per layer.
     """
     from fla.ops.rwkv7 import chunk_rwkv7
 
@@ -179,23 +184,40 @@ def wkv_fla(
     if reset is None:
         y, s = chunk_rwkv7(r, log_w, k, v, a, b, scale=1.0, initial_state=h0, output_final_state=True)
         return y, s.transpose(-1, -2).float()
-    starts = reset.clone()
-    starts[:, 0] = True  # every row is its own segment at least
-    flat = torch.nonzero(starts.reshape(-1)).squeeze(-1)
-    cu = torch.cat([flat, flat.new_tensor([B * T])]).to(torch.int32)
+    seg = segments if segments is not None else varlen_segments(reset)
     # a row that does not begin with a reset continues from its initial state: varlen takes one
     # initial state per segment, zero for segments that begin a new document
     seg_h0 = None
     if h0 is not None:
-        seg_h0 = h0.new_zeros(len(flat), H, N, N)
-        row_first = torch.arange(B, device=r.device) * T
-        first_idx = torch.searchsorted(flat, row_first)
-        keep = ~reset[:, 0]
-        seg_h0[first_idx[keep]] = h0[keep]
+        seg_h0 = h0.new_zeros(seg.count, H, N, N)
+        seg_h0[seg.first[seg.continues]] = h0[seg.continues]
     flat_in = [t.reshape(1, B * T, H, N) for t in (r, log_w, k, v, a, b)]
-    y, s = chunk_rwkv7(*flat_in, scale=1.0, initial_state=seg_h0, output_final_state=True, cu_seqlens=cu)
-    last_seg = torch.searchsorted(flat, torch.arange(1, B + 1, device=r.device) * T) - 1
-    return y.view(B, T, H, N), s[last_seg].transpose(-1, -2).float()
+    y, s = chunk_rwkv7(*flat_in, scale=1.0, initial_state=seg_h0, output_final_state=True, cu_seqlens=seg.cu_seqlens)
+    return y.view(B, T, H, N), s[seg.last].transpose(-1, -2).float()
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Document boundaries of a (B, T) batch in fla's varlen form (the batch folded into one row)."""
+
+    cu_seqlens: torch.Tensor  # (count + 1,) int32 offsets into the B*T folded tokens
+    first: torch.Tensor  # (B,) the segment each row begins with
+    last: torch.Tensor  # (B,) the segment each row ends with
+    continues: torch.Tensor  # (B,) bool: the row's first segment continues the row's initial state
+    count: int
+
+
+def varlen_segments(reset: torch.Tensor) -> Segments:
+    """Segments from a (B, T) reset mask: a new one at every reset and at the start of every row."""
+    B, T = reset.shape
+    starts = reset.clone()
+    starts[:, 0] = True  # every row is its own segment at least
+    flat = torch.nonzero(starts.reshape(-1)).squeeze(-1)  # the one device-to-host sync
+    cu = torch.cat([flat, flat.new_tensor([B * T])]).to(torch.int32)
+    rows = torch.arange(B, device=reset.device) * T
+    first = torch.searchsorted(flat, rows)
+    last = torch.searchsorted(flat, rows + T) - 1
+    return Segments(cu_seqlens=cu, first=first, last=last, continues=~reset[:, 0], count=len(flat))
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -228,15 +250,19 @@ def wkv(
     state: torch.Tensor | None = None,
     reset: torch.Tensor | None = None,
     impl: WkvImpl = "auto",
+    segments: Segments | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch to an implementation. "auto": fla on CUDA when installed, else chunked (T > 1) or reference."""
+    """Dispatch to an implementation. "auto": fla on CUDA when installed, else chunked (T > 1) or reference.
+
+    `segments` (fla only) are the precomputed varlen boundaries of `reset`.
+    """
     if impl == "auto":
         if r.is_cuda and fla_available():
             impl = "fla"
         else:
             impl = "chunked" if r.shape[1] > 1 else "reference"
     if impl == "fla":
-        return wkv_fla(r, log_w, k, v, a, b, state, reset)
+        return wkv_fla(r, log_w, k, v, a, b, state, reset, segments)
     if impl == "chunked":
         return wkv_chunked(r, log_w, k, v, a, b, state, reset)
     if impl == "reference":

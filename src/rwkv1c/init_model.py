@@ -98,7 +98,7 @@ def init_state_dict(
         sd[p + "ffn.key.weight"] = uniform((F_, C), 0.5 / math.sqrt(C))
         sd[p + "ffn.value.weight"] = torch.zeros(C, F_)
     sd["ln_out.weight"], sd["ln_out.bias"] = torch.ones(C), torch.zeros(C)
-    sd["head.weight"] = ortho(V, C, 0.5 * math.sqrt(V / C) if V > C else 0.5)
+    sd["head.weight"] = ortho(V, C, 0.5)  # `ortho` scales a tall matrix by sqrt(V / C): rows of norm 0.5
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
     return sd

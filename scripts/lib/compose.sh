@@ -1,0 +1,63 @@
+# shellcheck shell=bash
+# Shared by scripts/train_*.sh: compose the workspace's defaults and run `rwkv1c train` with a profile.
+#
+# The settings live in configs/ and are read by rwkv1c.config (their one home); this file only turns
+# the workspace's choices into the default --model and --data, then hands every flag the caller gave to
+# `rwkv1c train`, after the defaults, so the caller's flags win:
+#
+#   configs/workspace.env      MODEL_PRESET, MODELS_DIR, DATA_DIR, RUNS_DIR, NUM_GPUS
+#   configs/model/<preset>.env CHECKPOINT (the base file), CTX_LEN and LR (read by `rwkv1c train`)
+#   configs/profile/<name>.env quantisation, LoRA rank, batch, ... (read by `rwkv1c train`)
+#
+# Source it from the repository root (the scripts cd there first).
+
+rwkv1c_python() {
+    # The project's virtual environment when there is one (scripts/bootstrap.sh makes it), else python3.
+    if [ -x .venv/bin/python ]; then
+        echo .venv/bin/python
+    else
+        echo python3
+    fi
+}
+
+train_with_profile() {
+    local profile="$1"
+    shift
+    local python_bin
+    python_bin="$(rwkv1c_python)"
+
+    # 1. --resume: the run folder already names its base and data; pass nothing else.
+    local arg
+    for arg in "$@"; do
+        if [ "$arg" = "--resume" ]; then
+            exec "$python_bin" -m rwkv1c train --profile "$profile" "$@"
+        fi
+    done
+
+    # 2. Defaults: the preset's checkpoint in MODELS_DIR, and DATA_DIR/train (from `rwkv1c prepare ... --output data/train`).
+    local defaults model data
+    defaults="$("$python_bin" -c '
+from rwkv1c.config import load_preset, load_workspace, workspace_root
+root = workspace_root()
+ws = load_workspace(root)
+preset = load_preset(ws.model_preset, root)
+print(root / ws.models_dir / (preset.checkpoint or (preset.name + ".pth")))
+print(root / ws.data_dir / "train")
+')"
+    model="$(echo "$defaults" | sed -n 1p)"
+    data="$(echo "$defaults" | sed -n 2p)"
+
+    # 3. A missing default base gets its fix named here (a --model given by the caller is checked by the command).
+    local given_model=no
+    for arg in "$@"; do
+        case "$arg" in --model | --model=*) given_model=yes ;; esac
+    done
+    if [ "$given_model" = no ] && [ ! -f "$model" ]; then
+        echo "train: the base checkpoint $model is not there yet: run scripts/download_model.sh first," >&2
+        echo "       or pass --model PATH.pth (MODEL_PRESET in configs/workspace.env picks the default)" >&2
+        exit 1
+    fi
+
+    # 4. Train. Later flags override earlier ones, so the caller's --data / --model / --run ... win.
+    exec "$python_bin" -m rwkv1c train --model "$model" --data "$data" --profile "$profile" "$@"
+}

@@ -435,6 +435,10 @@ class RunLog:
         self._log.flush()
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        if self.bar is None:
+            shown = {"loss": "{:.4f}", "val_loss": "{:.4f}", "lr": "{:.2e}", "tokens_per_s": "{:.0f}"}
+            parts = [f"{k} {fmt.format(row[k])}" for k, fmt in shown.items() if row.get(k) is not None]
+            print(f"step {row['step']}: " + ", ".join(parts), file=sys.stderr)
 
     def truncate_metrics(self, last_step: int) -> None:
         """Drop rows logged after `last_step` (a resumed run logs them again)."""
@@ -813,8 +817,8 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
             if failed:
                 raise UserError("the main process could not write a checkpoint; see its message")
 
-        # --- train
-        if dist.is_main:
+        # --- train: a progress bar on a terminal, one line per logged step otherwise (logs, CI)
+        if dist.is_main and sys.stderr.isatty():
             from tqdm import tqdm
 
             log.bar = tqdm(

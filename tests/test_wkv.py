@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -108,7 +109,7 @@ def fake_chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_fin
     assert r.shape[0] == 1 and cu_seqlens.dtype == torch.int32
     ys, finals = [], []
     bounds = cu_seqlens.tolist()
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
         s0 = None if initial_state is None else initial_state[i : i + 1].transpose(-1, -2)
         y, s = wkv_reference(*(t[:, lo:hi] for t in (r, w, k, v, a, b)), state=s0)
         ys.append(y)

@@ -112,3 +112,19 @@ def test_user_error_exit_code(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     assert cli.main(["inspect", "x.pth"]) == 1
     err = capsys.readouterr().err
     assert "it broke" in err and "hint: fix it" in err
+
+
+def test_percent_in_help_text_renders_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    def verb(*, slower: bool = False) -> None:
+        """A verb.
+
+        Args:
+            slower: about 30% slower.
+        """
+
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="x")
+    add_signature_arguments(parser, verb)
+    parser.print_help()
+    assert "about 30% slower." in " ".join(capsys.readouterr().out.split())

@@ -106,6 +106,7 @@ def add_signature_arguments(parser: argparse.ArgumentParser, func: Callable[...,
             inspect.Parameter.POSITIONAL_ONLY,
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
         )
+        help_text = help_text.replace("%", "%%")  # argparse expands %-formats in help text
         kwargs: dict[str, Any] = {"help": help_text}
         origin = get_origin(tp)
         if tp is bool:

@@ -39,3 +39,14 @@ def test_permissions_follow_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert sha256_file(target) == "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+
+
+def test_unwritable_targets_are_user_errors(tmp_path: Path) -> None:
+    from rwkv1c.errors import UserError
+
+    (tmp_path / "file.txt").write_text("keep")
+    with pytest.raises(UserError, match="cannot write"), atomic_open(tmp_path / "file.txt" / "out.json"):
+        pass
+    with pytest.raises(UserError, match="is a folder"), atomic_open(tmp_path):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]

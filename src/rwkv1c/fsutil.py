@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from rwkv1c.errors import UserError
+
 
 def _current_umask() -> int:
     mask = os.umask(0o022)
@@ -25,8 +27,16 @@ def _current_umask() -> int:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise UserError(f"{target} is a folder, but a file is to be written there", hint="give a file path")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+        raise UserError(
+            f"cannot write {target}: {exc.strerror} ({exc.filename})",
+            hint="choose an output path whose folders you can create (no part of it may be an existing file)",
+        ) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:

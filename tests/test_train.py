@@ -288,6 +288,23 @@ def test_bad_requests_fail_with_every_problem_at_once(assets: dict[str, Path], t
         fit(spec)
 
 
+def test_a_new_run_that_fails_on_its_data_leaves_no_folder_behind(assets: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\nnot json\n', encoding="utf-8")
+    spec = setup(
+        model=assets["model"],
+        data=bad,
+        run="bad-data",
+        profile="lora-bf16",
+        preset=None,
+        overrides=FAST,
+        runs_dir=tmp_path / "runs",
+    )
+    with pytest.raises(UserError, match="malformed JSON"):
+        fit(spec)
+    assert not spec.run_dir.exists()  # so the same --run works once the data is fixed
+
+
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
     assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

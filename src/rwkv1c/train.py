@@ -653,6 +653,7 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
 
     cfg, run_dir = spec.cfg, spec.run_dir
     # --- run folder (main process writes; the others wait)
+    fresh = not spec.resume
     if dist.is_main:
         if spec.overwrite and run_dir.exists():
             shutil.rmtree(run_dir)
@@ -920,6 +921,12 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
             log.info(f"done: {step} steps; adapter in {adapter_dir}")
         result["model"] = model  # for callers in this process (tests); the CLI prints the paths
         return result
+    except BaseException:
+        # a new run that fails before its config.json exists leaves no folder that blocks the next try
+        if fresh and dist.is_main and not (run_dir / "config.json").exists():
+            log.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         log.close()
 

@@ -84,6 +84,14 @@ def test_repl_commands_and_multiline(model: RWKV7, tmp_path: Path) -> None:
     assert chat.messages == []
 
 
+def test_a_failed_save_keeps_the_conversation_going(model: RWKV7, tmp_path: Path) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    lines = ["Привет", f"/save {tmp_path / 'file.txt' / 'c.json'}", "Ещё", "/quit"]
+    err = io.StringIO()
+    turns = repl(session(model), iter(line + "\n" for line in lines), io.StringIO(), err)
+    assert turns == 2 and "not saved: cannot write" in err.getvalue()
+
+
 def test_cli_chat_end_to_end(tiny_pth: Path) -> None:
     r = subprocess.run(
         [sys.executable, "-m", "rwkv1c", "chat", "--model", str(tiny_pth), "--temperature", "0", "--max-tokens", "4",

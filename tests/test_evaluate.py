@@ -183,6 +183,14 @@ def test_bad_arguments_are_reported_together(tmp_path: Path) -> None:
     message = str(err.value)
     for part in ("model file not found", "adapter folder without", "data file not found", "--completions"):
         assert part in message
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="is a file; pass the folder that holds it"):
+        evaluate(
+            model=[tmp_path / "missing.pth"],
+            adapter=[tmp_path / "adapter_config.json"],
+            data=tmp_path / "v",
+            output=tmp_path / "out",
+        )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "А = 1;"}\nnot json\n', encoding="utf-8")
     pth = tmp_path / "m.pth"

@@ -93,6 +93,9 @@ def test_bad_arguments_are_reported_together(tiny_pth: Path, tmp_path: Path) -> 
         generate(model=tmp_path / "missing.pth", prompt="x")
     with pytest.raises(UserError, match="adapter folder not found"):
         generate(model=tiny_pth, adapter=tmp_path / "no-adapter", prompt="x")
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match="is a file; pass the folder that holds it"):
+        generate(model=tiny_pth, adapter=tmp_path / "adapter_config.json", prompt="x")
 
 
 def test_cli_error_is_one_paragraph(tmp_path: Path) -> None:

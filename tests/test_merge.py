@@ -142,6 +142,9 @@ def test_refuses_adapter_of_another_base(fp32_base: Path, tmp_path: Path) -> Non
         merge(model=same_shape, adapter=tmp_path / "ad", output=tmp_path / "x.pth")
     with pytest.raises(UserError, match="--force"):
         load_model(same_shape, tmp_path / "ad")
+    with pytest.raises(UserError) as info:
+        load_model(same_shape, tmp_path / "ad")  # generate / chat / serve / eval have no --force of their own
+    assert "rwkv1c merge --force" in str(info.value.hint)
     assert not (tmp_path / "x.pth").exists()
     assert merge(model=same_shape, adapter=tmp_path / "ad", output=tmp_path / "x.pth", force=True) == 0
 
@@ -152,6 +155,9 @@ def test_refuses_bad_adapters_and_outputs(fp32_base: Path, tmp_path: Path) -> No
         merge(model=fp32_base, adapter=tmp_path, output=tmp_path / "x.pth")
     with pytest.raises(UserError, match="not found"):
         merge(model=fp32_base, adapter=tmp_path / "missing", output=tmp_path / "x.pth")
+    with pytest.raises(UserError, match="is a file") as info:
+        merge(model=fp32_base, adapter=tmp_path / "ad" / "adapter_model.safetensors", output=tmp_path / "x.pth")
+    assert str(tmp_path / "ad") in str(info.value.hint)
     (tmp_path / "exists.pth").write_bytes(b"keep me")
     with pytest.raises(UserError, match="already exists"):
         merge(model=fp32_base, adapter=tmp_path / "ad", output=tmp_path / "exists.pth")

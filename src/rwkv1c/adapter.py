@@ -90,6 +90,10 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
     """adapter_config.json of an adapter folder, checked for the fields merge and generate need."""
     folder = Path(folder)
     path = folder / CONFIG
+    if folder.is_file():
+        raise UserError(
+            f"{folder} is a file, but an adapter is a folder", hint=f"pass the folder that holds it: {folder.parent}"
+        )
     if not folder.is_dir():
         raise UserError(f"adapter folder not found: {folder}")
     if not path.is_file() or not (folder / WEIGHTS).is_file():
@@ -131,7 +135,8 @@ def check_base(config: dict[str, Any], model_path: Path, model_config: ModelConf
         raise UserError(
             f"{model_path.name} has the same sizes but not the same weights as the adapter's base "
             f"({base.get('file')}, sha256 {sha[:12]}...); the adapter would apply to weights it was not trained on",
-            hint="use the base named in adapter_config.json, or pass --force if you know the two are equivalent",
+            hint="use the base named in adapter_config.json (if you know the two are equivalent, "
+            "`rwkv1c merge --force` merges the adapter into this one anyway)",
         )
 
 

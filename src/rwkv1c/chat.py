@@ -129,7 +129,10 @@ def repl(session: ChatSession, lines: Iterable[str], out: IO[str], err: IO[str])
             continue
         if command.startswith("/save"):
             name = command[len("/save") :].strip() or time.strftime("chat-%Y%m%d-%H%M%S.json")
-            err.write(f"(saved to {session.save(Path(name))})\n")
+            try:
+                err.write(f"(saved to {session.save(Path(name))})\n")
+            except (UserError, OSError) as exc:  # a bad file name must not end the conversation
+                err.write(f"(not saved: {exc})\n")
             continue
         if not command:
             continue

@@ -633,7 +633,9 @@ def load_model(model: Path, adapter: Path | None, *, device: str, dtype: torch.d
     problems = []
     if not Path(model).is_file():
         problems.append(f"model file not found: {model}")
-    if adapter is not None and not Path(adapter).is_dir():
+    if adapter is not None and Path(adapter).is_file():
+        problems.append(f"--adapter {adapter} is a file; pass the folder that holds it: {Path(adapter).parent}")
+    elif adapter is not None and not Path(adapter).is_dir():
         problems.append(f"adapter folder not found: {adapter}")
     if problems:
         raise UserError("; ".join(problems))

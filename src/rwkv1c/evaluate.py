@@ -331,7 +331,9 @@ def setup(
         if not Path(m).is_file():
             problems.append(f"model file not found: {m}")
     for a in adapter:
-        if not (Path(a) / "adapter_config.json").is_file():
+        if Path(a).is_file():
+            problems.append(f"--adapter {a} is a file; pass the folder that holds it: {Path(a).parent}")
+        elif not (Path(a) / "adapter_config.json").is_file():
             problems.append(f"adapter folder without adapter_config.json: {a}")
     if not data.is_file():
         problems.append(f"data file not found: {data}")

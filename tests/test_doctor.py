@@ -378,3 +378,12 @@ def test_doctor_runs_for_real_here(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(statuses.values()) <= {"pass", "warn", "fail", "skip"}
     assert statuses["torch"] in ("pass", "fail") and statuses["Python"] == "pass"
     assert code == (1 if "fail" in statuses.values() else 0)
+
+
+def test_a_mistyped_profile_flag_names_the_choices_and_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(d, "probe_in_child", lambda deep, timeout: {})
+    facts = d.gather_facts(model=None, profile="qlora-nf5", deep=False)
+    check = by_name(facts)["settings"]
+    assert check.status == "fail"
+    assert "qlora-nf5" in check.detail and "qlora-nf4" in check.detail
+    assert "--profile" in (check.hint or "")

@@ -696,7 +696,10 @@ def check_python(f: Facts) -> Check:
 def check_settings(f: Facts) -> Check:
     if f.settings_error:
         return Check(
-            "settings", "fail", _first_line(f.settings_error), "fix configs/workspace.env (see workspace.env.example)"
+            "settings",
+            "fail",
+            _first_line(f.settings_error),
+            "fix --model / --profile, or configs/workspace.env (see workspace.env.example)",
         )
     return Check("settings", "pass", f"preset {f.needs.preset}, profile {f.needs.profile}")
 
@@ -850,7 +853,8 @@ def gather_facts(
         }
         facts.needs = _needs(model or ws.model_preset, profile or ws.profile, models_dir)
     except UserError as exc:
-        facts.settings_error = str(exc)
+        # message and hint on one line: the check shows one line, and str(exc) puts the hint last
+        facts.settings_error = str(exc.args[0]) + (f"; {exc.hint}" if exc.hint else "")
         roles = {"workspace": root, "models": models_dir}
     facts.paths = {role: str(p.resolve()) for role, p in roles.items()}
     facts.disk_free = {role: shutil.disk_usage(_nearest_existing(p)).free for role, p in roles.items()}

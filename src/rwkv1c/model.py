@@ -420,6 +420,10 @@ def check_state_dict(sd: Any) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """torch.load a `.pth` safely (weights only, memory-mapped), with clear errors for bad files."""
     p = Path(path)
+    if p.is_dir():
+        found = sorted(p.glob("*.pth"))
+        hint = f"for example {found[0]}" if found else "a .pth checkpoint, e.g. from `rwkv1c download`"
+        raise UserError(f"{p} is a folder; pass the model file itself", hint=hint)
     if not p.is_file():
         raise UserError(f"model file not found: {p}")
     if p.stat().st_size == 0:

@@ -185,7 +185,7 @@ def test_refuses_deepembed_head_size_and_damage(tmp_path: Path) -> None:
         RWKV7.from_pth(tmp_path / "nope.pth")
     with pytest.raises(UserError, match="is a folder") as info:
         RWKV7.from_pth(tmp_path)
-    assert "good.pth" in str(info.value)  # the hint names a checkpoint that is there
+    assert f"for example {tmp_path / 'de.pth'}" in str(info.value)  # names a .pth that is there
 
 
 def test_init_checkpoint_loads_and_learns(tmp_path: Path) -> None:

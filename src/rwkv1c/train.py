@@ -844,7 +844,7 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
                         group["lr"] = lr
                     micro, n_step = plan.step(step, dist.rank)
                     scale = dist.world / max(n_step, 1)  # DDP averages over ranks: the result is sum / n_step
-                    step_loss = 0.0
+                    step_loss: Any = 0.0  # a device tensor: read back only when logging (no sync per micro-batch)
                     for m, batch in enumerate(micro):
                         sync = dist.world == 1 or m == len(micro) - 1
                         ctx = contextlib.nullcontext() if sync else train_module.no_sync()  # type: ignore[operator]
@@ -853,7 +853,7 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
                             with autocast():
                                 loss_sum = train_module(tokens, reset, targets, weight)
                             (loss_sum * scale).backward()
-                        step_loss += float(loss_sum.detach())
+                        step_loss = step_loss + loss_sum.detach().float()
                         tokens_since += tokens.numel() * dist.world
                     if cfg.grad_clip > 0:
                         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
@@ -869,7 +869,7 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
                         (cfg.val_every and step % cfg.val_every == 0) or step == total_steps
                     )
                     if step % cfg.log_every == 0 or step == start_step + 1 or step == total_steps or val_due:
-                        loss_total, tok_total = distributed_sum(dist, [acc_loss, acc_tokens])
+                        loss_total, tok_total = distributed_sum(dist, [float(acc_loss), acc_tokens])
                         elapsed = time.perf_counter() - t_last
                         row: dict[str, Any] = {
                             "step": step,

@@ -214,3 +214,17 @@ def test_preset_without_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_url_source_takes_its_file_name() -> None:
     src = dl.resolve_source("https://huggingface.co/BlinkDL/rwkv7-g1/resolve/main/a%20b.pth", "http://127.0.0.1:9")
     assert src.filename == "a b.pth" and src.url.startswith("http://127.0.0.1:9/BlinkDL/")
+
+
+def test_a_download_that_is_not_a_checkpoint_is_moved_aside(
+    server: tuple[str, Behaviour], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL with no checksum to compare with: the file is checked by loading it, and set aside if it fails."""
+    base, b = server
+    b.payload = b"<html>not a model</html>" * 100
+    (tmp_path / "configs" / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="not a usable RWKV-7 checkpoint"):
+        dl.download(base + FILE_PATH, retries=0)
+    base_dir = tmp_path / "models" / "base"
+    assert sorted(p.name for p in base_dir.iterdir()) == ["tiny.pth.rejected"]

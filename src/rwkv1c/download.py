@@ -254,8 +254,20 @@ def download(source: str, *, inspect: bool = True, retries: int = 3) -> None:
     dest_dir = (root / ws.models_dir).resolve()
     print(f"downloading {src.url}\n         to {dest_dir / src.filename}", file=sys.stderr)
     path = fetch(src, dest_dir, retries=retries)
-    print(path)
     if inspect:
         from rwkv1c.inspect_model import describe, format_description
 
-        print(format_description(describe(path)))
+        try:
+            info = describe(path)
+        except UserError as exc:
+            # keep the bytes (they may be large) but out of the way of commands that pick up models/base/*.pth
+            rejected = path.with_name(path.name + ".rejected")
+            os.replace(path, rejected)
+            raise UserError(
+                f"the downloaded file is not a usable RWKV-7 checkpoint: {exc}",
+                hint=f"it was moved to {rejected}; check the URL (a .pth of an RWKV-7 x070 release)",
+            ) from None
+        print(path)
+        print(format_description(info))
+    else:
+        print(path)

@@ -364,6 +364,10 @@ def test_bad_arguments_are_reported_together(tmp_path: Path) -> None:
     message = str(err.value)
     assert "source folder not found" in message and "--output must end in .jsonl" in message
     assert "--validation-output must end in .jsonl" in message
+    write(tmp_path / "module.bsl", "А = 1;")
+    with pytest.raises(UserError, match="is a file; pass the folder"):
+        harvest(tmp_path / "module.bsl", output=tmp_path / "out.jsonl")
+    (tmp_path / "module.bsl").unlink()
     with pytest.raises(UserError, match="no .bsl modules"):
         harvest(tmp_path, output=tmp_path / "out.jsonl")
     write(tmp_path / "a.bsl", "А = 1;")

@@ -329,3 +329,15 @@ def test_rendered_text_beside_a_pair_uses_the_pair() -> None:
     assert instruction is True
     assert segments == render_pair("q", "a")
     assert [trainable for _, trainable in segments] == [False, True]
+
+
+def test_binary_input_is_refused_up_front(tmp_path: Path) -> None:
+    """A checkpoint passed by mistake gets one line, not a report of every 'bad line' in it."""
+    inp = tmp_path / "model.pth"
+    inp.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 64)
+    from rwkv1c.prepare import prepare
+
+    with pytest.raises(UserError, match="binary file, not JSONL") as info:
+        prepare(inp, output=str(tmp_path / "d"))
+    assert len(str(info.value).splitlines()) <= 3
+    assert list(tmp_path.iterdir()) == [inp]

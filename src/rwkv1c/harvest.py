@@ -897,7 +897,9 @@ def harvest(
         completions: Build complete-the-method rows.
     """
     problems = []
-    if not src_dir.is_dir():
+    if src_dir.is_file():
+        problems.append(f"{src_dir} is a file; pass the folder of a Designer dump or an EDT project")
+    elif not src_dir.is_dir():
         problems.append(f"source folder not found: {src_dir}")
     if output.suffix.lower() != ".jsonl":
         problems.append(f"--output must end in .jsonl, got {output}")

@@ -108,6 +108,10 @@ def setup(input: Path, output: str, *, skip_bad: bool = False, workers: int = 2)
         problems.append(f"input {input} is not a file")
     elif input.stat().st_size == 0:
         problems.append(f"input file {input} is empty (0 bytes); it needs one JSON object per line")
+    else:
+        with open(input, "rb") as f:
+            if b"\0" in f.read(1 << 16):  # JSON text never holds a NUL byte; a checkpoint or archive does
+                problems.append(f"input {input} is a binary file, not JSONL text (one JSON object per line)")
     if not output or output.endswith(("/", os.sep)) or Path(output).is_dir():
         problems.append(f"--output {output!r} must be a file prefix such as data/bsl, not a folder")
     if workers < 1:

@@ -50,3 +50,18 @@ def test_unwritable_targets_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="is a folder"), atomic_open(tmp_path):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_output_folders_follow_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside the workspace, RUNS_DIR means the workspace's runs/; outside it, the current folder's."""
+    from rwkv1c.config import output_folder
+
+    root = tmp_path / "checkout"
+    (root / "sub").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(root / "sub")
+    assert output_folder(root, Path("runs")) == root / "runs"
+    monkeypatch.chdir(elsewhere)
+    assert output_folder(root, Path("runs")) == elsewhere.resolve() / "runs"
+    assert output_folder(root, tmp_path / "abs") == tmp_path / "abs"

@@ -43,6 +43,19 @@ def workspace_root(start: Path | None = None) -> Path:
     return here
 
 
+def output_folder(root: Path, folder: Path) -> Path:
+    """Where a workspace folder setting (RUNS_DIR, MODELS_DIR, ...) points.
+
+    Relative settings mean the workspace's folder when the command runs inside the workspace, and the
+    current directory's otherwise: outputs never land in a checkout the user is not working in.
+    """
+    if folder.is_absolute():
+        return folder
+    cwd = Path.cwd().resolve()
+    inside = cwd == root.resolve() or root.resolve() in cwd.parents
+    return (root if inside else cwd) / folder
+
+
 def read_env_file(path: Path) -> dict[str, str]:
     """Parse a `KEY=value` file: `#` comments, blank lines, optional quotes, optional `export `."""
     if not path.is_file():

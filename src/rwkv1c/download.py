@@ -244,14 +244,14 @@ def download(source: str, *, inspect: bool = True, retries: int = 3) -> None:
         inspect: describe the checkpoint (layers, width, parameters) once it is downloaded.
         retries: how many times to resume automatically after a dropped connection.
     """
-    from rwkv1c.config import load_workspace, workspace_root
+    from rwkv1c.config import load_workspace, output_folder, workspace_root
 
     if retries < 0:
         raise UserError(f"--retries {retries}: must be 0 or more")
     root = workspace_root()
     ws = load_workspace(root)
     src = resolve_source(source, hf_endpoint(ws.hf_endpoint), root)
-    dest_dir = (root / ws.models_dir).resolve()
+    dest_dir = output_folder(root, ws.models_dir).resolve()
     print(f"downloading {src.url}\n         to {dest_dir / src.filename}", file=sys.stderr)
     path = fetch(src, dest_dir, retries=retries)
     if inspect:

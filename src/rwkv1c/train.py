@@ -158,7 +158,7 @@ def setup(
     """Resolve paths, settings and the device; report every problem at once. Writes nothing."""
     import torch
 
-    from rwkv1c.config import load_workspace, workspace_root
+    from rwkv1c.config import load_workspace, output_folder, workspace_root
     from rwkv1c.model import ModelConfig, load_checkpoint
 
     root = workspace_root()
@@ -179,7 +179,7 @@ def setup(
         problems.append(f"--devices {n_dev}: must be at least 1")
     elif not launched_by_torchrun() and device == "cuda" and n_dev > torch.cuda.device_count():
         problems.append(f"--devices {n_dev}: only {torch.cuda.device_count()} GPU(s) visible")
-    runs = runs_dir or (root / ws.runs_dir)
+    runs = runs_dir or output_folder(root, ws.runs_dir)
     profile = profile or ws.profile
     name = run or f"{profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name or "/" in name or name.startswith("."):

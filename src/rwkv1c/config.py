@@ -294,8 +294,8 @@ class TrainConfig:
         problems += [f"{k.upper()}={getattr(self, k)}: must be at least 1" for k in positive if getattr(self, k) < 1]
         nonneg = ("max_steps", "warmup_steps", "val_every", "val_max_windows", "keep_checkpoints")
         problems += [f"{k.upper()}={getattr(self, k)}: must not be negative" for k in nonneg if getattr(self, k) < 0]
-        if self.lr <= 0 or self.lora_alpha <= 0:
-            problems.append(f"LR={self.lr} / LORA_ALPHA={self.lora_alpha}: must be positive")
+        above_zero = ("lr", "lora_alpha")
+        problems += [f"{k.upper()}={getattr(self, k)}: must be positive" for k in above_zero if getattr(self, k) <= 0]
         if not 0 <= self.lora_dropout < 1 or not 0 <= self.val_fraction < 1 or not 0 <= self.lr_final_ratio <= 1:
             problems.append("LORA_DROPOUT and VAL_FRACTION must be in [0, 1), LR_FINAL_RATIO in [0, 1]")
         if self.weight_decay < 0 or self.grad_clip < 0:

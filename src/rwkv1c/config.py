@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from rwkv1c.errors import UserError
+from rwkv1c.errors import UserError, raise_all
 
 T = TypeVar("T")
 
@@ -79,8 +79,7 @@ def read_env_file(path: Path) -> dict[str, str]:
         elif " #" in value:
             value = value.split(" #", 1)[0].rstrip()
         values[key] = value
-    if problems:
-        raise UserError("malformed settings file:\n" + "\n".join(f"  - {p}" for p in problems))
+    raise_all(problems, "malformed settings file")
     return values
 
 
@@ -140,17 +139,14 @@ def from_mapping(cls: type[T], *sources: Mapping[str, Any], origin: str = "setti
                 kwargs[name] = _coerce(value, hints[name], key.upper()) if isinstance(value, str) else value
             except ValueError as exc:
                 problems.append(str(exc))
-    if problems:
-        raise UserError(f"invalid {origin}:\n" + "\n".join(f"  - {p}" for p in problems))
+    raise_all(problems, f"invalid {origin}")
     try:
         obj = cls(**kwargs)
     except TypeError as exc:
         raise UserError(f"invalid {origin}: {exc}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        issues = validate()
-        if issues:
-            raise UserError(f"invalid {origin}:\n" + "\n".join(f"  - {p}" for p in issues))
+        raise_all(validate(), f"invalid {origin}")
     return obj
 
 

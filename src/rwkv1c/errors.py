@@ -19,8 +19,8 @@ class UserError(Exception):
         return f"{text}\nhint: {self.hint}" if self.hint else text
 
 
-def raise_all(problems: list[str], header: str) -> None:
+def raise_all(problems: list[str], header: str, *, hint: str | None = None) -> None:
     """Raise one UserError listing every problem, or return if there are none."""
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
-        raise UserError(f"{header}:\n{lines}")
+        raise UserError(f"{header}:\n{lines}", hint=hint)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from rwkv1c.errors import UserError
+from rwkv1c.errors import UserError, raise_all
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,8 +39,15 @@ BAD_LINES_SHOWN = 20
 UTF8_BOM = b"\xef\xbb\xbf"
 # A JSON escape of \ud800..\udfff (also matches after an escaped backslash: only costs a closer look).
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_JSON_TYPE = {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "an array",
-              dict: "an object", type(None): "null"}
+_JSON_TYPE = {
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
 
 
 @dataclass(frozen=True)
@@ -116,11 +123,7 @@ def setup(input: Path, output: str, *, skip_bad: bool = False, workers: int = 2)
         problems.append(f"--output {output!r} must be a file prefix such as data/bsl, not a folder")
     if workers < 1:
         problems.append(f"--workers must be at least 1, got {workers}")
-    if problems:
-        raise UserError(
-            "cannot prepare the dataset:\n" + "\n".join(f"  - {p}" for p in problems),
-            hint="usage: rwkv1c prepare INPUT.jsonl --output data/NAME",
-        )
+    raise_all(problems, "cannot prepare the dataset", hint="usage: rwkv1c prepare INPUT.jsonl --output data/NAME")
     return PrepareSettings(input=input, prefix=output_prefix(output), skip_bad=skip_bad, workers=workers)
 
 

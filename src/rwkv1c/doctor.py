@@ -919,13 +919,22 @@ def _probe_torch(deep: bool) -> dict[str, Any]:
     return out
 
 
+def _op_skipped(deep: bool) -> str | None:
+    """Why a probe's CUDA op is not run (no GPU, or --no-deep), or None when it runs."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None if deep else "--no-deep"
+
+
 def _probe_bitsandbytes(deep: bool) -> dict[str, Any]:
     import bitsandbytes as bnb
     import torch
 
     out: dict[str, Any] = {"version": getattr(bnb, "__version__", "?")}
-    if not (deep and torch.cuda.is_available()):
-        out["op_skipped"] = "no CUDA device" if not torch.cuda.is_available() else "--no-deep"
+    if skipped := _op_skipped(deep):
+        out["op_skipped"] = skipped
         return out
     from bitsandbytes.functional import dequantize_4bit, quantize_4bit
 
@@ -946,8 +955,8 @@ def _probe_triton(deep: bool) -> dict[str, Any]:
     import triton
 
     out: dict[str, Any] = {"version": triton.__version__}
-    if not (deep and torch.cuda.is_available()):
-        out["op_skipped"] = "no CUDA device" if not torch.cuda.is_available() else "--no-deep"
+    if skipped := _op_skipped(deep):
+        out["op_skipped"] = skipped
         return out
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "rwkv1c_triton_probe.py"
@@ -970,8 +979,8 @@ def _probe_fla(deep: bool) -> dict[str, Any]:
     import torch
 
     out: dict[str, Any] = {"version": getattr(fla, "__version__", "?")}
-    if not (deep and torch.cuda.is_available()):
-        out["op_skipped"] = "no CUDA device" if not torch.cuda.is_available() else "--no-deep"
+    if skipped := _op_skipped(deep):
+        out["op_skipped"] = skipped
         return out
     from rwkv1c.wkv import wkv_fla, wkv_reference
 

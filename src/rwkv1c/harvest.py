@@ -387,29 +387,41 @@ def _signature(m: bsl.Method) -> str:
     return f"{m.name}({m.params})"
 
 
+_DOC_PROMPT_WORDS = {
+    "en": (
+        "exported ",
+        "function",
+        "procedure",
+        "Write a 1C:Enterprise",
+        "Compilation directive: ",
+        "Parameters:",
+        "Returns:",
+    ),
+    "ru": (
+        "экспортную ",
+        "функцию",
+        "процедуру",
+        "Напиши на 1С",
+        "Директива компиляции: ",
+        "Параметры:",
+        "Возвращаемое значение:",
+    ),
+}
+
+
 def doc_prompt(info: ModuleInfo, m: bsl.Method, doc: bsl.DocComment) -> str:
     """The request of a doc2code sample, built from the doc comment (Russian or English)."""
-    en = doc.language == "en"
-    if en:
-        kind = ("exported " if m.export else "") + ("function" if m.kind == "function" else "procedure")
-        lines = [f"Write a 1C:Enterprise {kind} {_signature(m)} ({info.describe('en')})."]
-        if m.directives:
-            lines.append("Compilation directive: " + " ".join(m.directives))
-        lines.append(doc.description)
-        if doc.params:
-            lines += ["Parameters:", doc.params]
-        if doc.returns:
-            lines += ["Returns:", doc.returns]
-    else:
-        kind = ("экспортную " if m.export else "") + ("функцию" if m.kind == "function" else "процедуру")
-        lines = [f"Напиши на 1С {kind} {_signature(m)} ({info.describe('ru')})."]
-        if m.directives:
-            lines.append("Директива компиляции: " + " ".join(m.directives))
-        lines.append(doc.description)
-        if doc.params:
-            lines += ["Параметры:", doc.params]
-        if doc.returns:
-            lines += ["Возвращаемое значение:", doc.returns]
+    lang = "en" if doc.language == "en" else "ru"
+    exported, function, procedure, request, directive, params, returns = _DOC_PROMPT_WORDS[lang]
+    kind = (exported if m.export else "") + (function if m.kind == "function" else procedure)
+    lines = [f"{request} {kind} {_signature(m)} ({info.describe(lang)})."]
+    if m.directives:
+        lines.append(directive + " ".join(m.directives))
+    lines.append(doc.description)
+    if doc.params:
+        lines += [params, doc.params]
+    if doc.returns:
+        lines += [returns, doc.returns]
     return "\n".join(line.rstrip() for line in lines if line.strip())
 
 

@@ -59,12 +59,6 @@ def test_hand_computed_terms_for_1_5b() -> None:
     assert est.device_gib == pytest.approx(est.peak_gib * c.reserve_factor + c.cuda_context_gib)
 
 
-def test_loss_chunk_matches_the_trainer() -> None:
-    from rwkv1c.train import CE_CHUNK
-
-    assert p.CE_CHUNK == CE_CHUNK
-
-
 def test_quantisation_and_checkpointing_lower_the_peak() -> None:
     shape = p.resolve_model("rwkv7-3b").shape
     c = p.Coefficients()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from rwkv1c.config import TrainConfig
 from rwkv1c.errors import UserError
+from rwkv1c.plan import CE_CHUNK  # positions per cross-entropy chunk (the memory plan counts the same)
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from rwkv1c.distributed import DistInfo
     from rwkv1c.model import RWKV7
 
-CE_CHUNK = 1024  # positions per cross-entropy chunk: 1024 x 65536 fp32 logits = 256 MiB at a time
 CHECKPOINT_PREFIX = "step-"
 # settings a resumed run may change: when to stop and how often to record; everything else is fixed
 RESUMABLE = {"max_steps", "epochs", "log_every", "save_every", "val_every", "keep_checkpoints"}

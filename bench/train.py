@@ -269,29 +269,16 @@ def main() -> int:
         return 0
     results: list[dict[str, Any]] = []
     for preset, profile, ctx, mb, ckpt in grid(args):
+        where = {"preset": preset, "profile": profile, "ctx_len": ctx, "micro_bsz": mb, "grad_ckpt": ckpt}
         try:
             packed = not args.unpacked
             row = run_one(preset, profile, ctx, mb, ckpt, args.steps, args.warmup, args.lora_r, False, packed)
         except torch.cuda.OutOfMemoryError:
-            row = {
-                "preset": preset,
-                "profile": profile,
-                "ctx_len": ctx,
-                "micro_bsz": mb,
-                "grad_ckpt": ckpt,
-                "error": "out of memory",
-            }
+            row = {**where, "error": "out of memory"}
             torch.cuda.empty_cache()
         except Exception as exc:  # keep measuring the other rows
             traceback.print_exc()
-            row = {
-                "preset": preset,
-                "profile": profile,
-                "ctx_len": ctx,
-                "micro_bsz": mb,
-                "grad_ckpt": ckpt,
-                "error": f"{type(exc).__name__}: {exc}"[:300],
-            }
+            row = {**where, "error": f"{type(exc).__name__}: {exc}"[:300]}
         results.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from rwkv1c.model import RWKVState
     from rwkv1c.sampling import SamplingParams
 
-TURN_END = "\n\n"
 HELP = """commands:
   /reset         forget the conversation (back to the system prompt, if any)
   /save [FILE]   write the conversation to FILE (JSON; default chat-YYYYmmdd-HHMMSS.json)
@@ -40,12 +39,9 @@ class ChatSession:
     """
 
     def __init__(self, engine: Engine, params: SamplingParams, system: str | None = None) -> None:
-        import dataclasses
+        from rwkv1c.generate import chat_stops
 
-        from rwkv1c.prompts import STOP_STRINGS
-
-        stops = tuple(dict.fromkeys((*params.stop, *STOP_STRINGS)))  # a turn ends at "\\n\\n" or token 0
-        self.params = dataclasses.replace(params, stop=stops)
+        self.params = chat_stops(params)  # a turn ends at "\\n\\n" or token 0
         self.engine = engine
         self.system = system.strip() if system and system.strip() else None
         self.messages: list[dict[str, str]] = []

@@ -144,7 +144,7 @@ def format_prompt(text: str, chat: bool) -> str:
 
 
 def chat_stops(params: SamplingParams) -> SamplingParams:
-    """The chat format's turn end ("\\n\\nUser:") added to the stop strings."""
+    """The chat format's turn end (`rwkv1c.prompts.STOP_STRINGS`, a blank line) added to the stop strings."""
     import dataclasses
 
     from rwkv1c.prompts import STOP_STRINGS

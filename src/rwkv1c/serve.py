@@ -261,11 +261,11 @@ class Api:
         chat = path == "/v1/chat/completions"
         system = ""
         if chat:
-            from rwkv1c.prompts import STOP_STRINGS
+            from rwkv1c.generate import chat_stops
 
             parts, system = render_chat(body.get("messages"))
             ids = [[t for part in parts for t in self.engine.encode(part)]]
-            params = dataclasses.replace(params, stop=tuple(dict.fromkeys((*params.stop, *STOP_STRINGS))))
+            params = chat_stops(params)
         else:
             prompt = body.get("prompt")
             prompts: Any = [prompt] if isinstance(prompt, str) else prompt

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rwkv1c.errors import UserError
-from rwkv1c.sampling import SamplingParams, frequency_weights, new_rng
+from rwkv1c.sampling import Penalties, SamplingParams, frequency_weights, new_rng, sample
 
 if TYPE_CHECKING:
     import random
@@ -214,7 +214,6 @@ class Engine:
         self.waiting: collections.deque[Request] = collections.deque()
         self.cache = PrefixCache(int(prefix_cache_mb * 2**20))
         self._penalties: Any = None
-        self._freq_weights: torch.Tensor | None = None
         self._row_params: tuple[torch.Tensor, ...] | None = None
         self._next: torch.Tensor | None = None  # tokens to feed rows 0..n-1 (None: rows were just admitted)
         self.stats = collections.Counter[str]()
@@ -365,8 +364,6 @@ class Engine:
 
     def _sample(self) -> list[int]:
         import torch
-
-        from rwkv1c.sampling import sample
 
         n = len(self.rows)
         logits = self.logits[:n]
@@ -595,13 +592,10 @@ class Engine:
     def _penalty_book(self) -> Any:
         import torch
 
-        from rwkv1c.sampling import Penalties
-
         if self._penalties is None:
-            if self._freq_weights is None:
-                texts = [self.tokenizer.decode_bytes([t]) for t in range(self.vocab_size)]
-                self._freq_weights = torch.tensor(frequency_weights(texts), device=self.device)
-            self._penalties = Penalties(self.capacity, self._freq_weights)
+            texts = [self.tokenizer.decode_bytes([t]) for t in range(self.vocab_size)]
+            weights = torch.tensor(frequency_weights(texts), device=self.device)
+            self._penalties = Penalties(self.capacity, weights)
             for i in range(len(self.rows)):
                 self._penalties.clear_row(i)
         return self._penalties

@@ -151,14 +151,6 @@ class Penalties:
         self.counts[dst] = self.counts[src]
 
 
-def ban_tokens(logits: torch.Tensor, rows: list[int], ids: list[list[int]]) -> torch.Tensor:
-    """Set logits[rows[i], ids[i]] to -inf (in place)."""
-    for r, t in zip(rows, ids):
-        if t:
-            logits[r, t] = -float("inf")
-    return logits
-
-
 def nucleus_mask(sorted_probs: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor) -> torch.Tensor:
     """Which of the descending-sorted probabilities (B, V) survive top-p (B,) and top-k (B,; 0 = off).
 
@@ -224,13 +216,3 @@ def sample(
     drawn = order.gather(-1, pos).squeeze(-1)
     return torch.where(greedy, out, drawn)
 
-
-def sample_one(logits: torch.Tensor, params: SamplingParams, rng: random.Random) -> int:
-    """Sample one token from logits (V,) (penalties already applied); a convenience for tests and chat."""
-    import torch
-
-    t = torch.tensor([params.temperature], dtype=torch.float32, device=logits.device)
-    p = torch.tensor([params.top_p], dtype=torch.float32, device=logits.device)
-    k = torch.tensor([params.top_k], dtype=torch.long, device=logits.device)
-    u = torch.tensor([rng.random()], dtype=torch.float32, device=logits.device)
-    return int(sample(logits[None], t, p, k, u)[0])

@@ -52,9 +52,9 @@ class ChatSession:
     def _initial(self) -> RWKVState | None:
         if self.system is None:
             return None
-        from rwkv1c.prompts import PREFIX, TURN_SEPARATOR, clean_user_text
+        from rwkv1c.prompts import render_system
 
-        text = f"{PREFIX['system']} {clean_user_text(self.system)}{TURN_SEPARATOR}"
+        text = render_system(self.system)
         state, _ = self.engine.prefill(self.engine.encode(text))
         return state
 

@@ -43,6 +43,11 @@ def clean_answer_text(text: str) -> str:
     return _BLANK_LINES.sub("\n", text)
 
 
+def render_system(text: str) -> str:
+    """The system turn "System: {text}\\n\\n" that may open a conversation."""
+    return f"{PREFIX['system']} {clean_user_text(text)}{TURN_SEPARATOR}"
+
+
 def render_prompt(user_text: str, system: str | None = None) -> str:
     """The generation prompt "User: {text}\\n\\nAssistant:" (with "System: ..." first when given).
 
@@ -55,7 +60,7 @@ def render_prompt(user_text: str, system: str | None = None) -> str:
     text = clean_user_text(user_text)
     if not text:
         raise ValueError("user text is empty")
-    head = f"{PREFIX['system']} {clean_user_text(system)}{TURN_SEPARATOR}" if system and system.strip() else ""
+    head = render_system(system) if system and system.strip() else ""
     return f"{head}{PREFIX['user']} {text}{TURN_SEPARATOR}{PREFIX['assistant']}"
 
 
@@ -117,7 +122,7 @@ def render_messages(messages: list[dict[str, Any]]) -> list[tuple[str, bool]]:
     for i, msg in enumerate(messages):
         role, content = msg["role"], msg["content"]
         if role == "system":
-            add(f"{PREFIX['system']} {clean_user_text(content)}{TURN_SEPARATOR}", False)
+            add(render_system(content), False)
         elif role == "user":
             # The next turn is always the assistant's, so its prefix closes the prompt segment.
             add(f"{PREFIX['user']} {clean_user_text(content)}{TURN_SEPARATOR}{PREFIX['assistant']}", False)

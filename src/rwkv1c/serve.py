@@ -188,7 +188,7 @@ def render_chat(messages: Any) -> tuple[list[str], str]:
     earlier prompt is a token prefix of its next one) and the system turn's text ("" without one),
     whose state is worth caching.
     """
-    from rwkv1c.prompts import PREFIX, TURN_SEPARATOR, clean_user_text, render_messages
+    from rwkv1c.prompts import PREFIX, render_messages, render_system
 
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
@@ -216,7 +216,7 @@ def render_chat(messages: Any) -> tuple[list[str], str]:
     assert parts[-1].endswith(PREFIX["assistant"])
     system = ""
     if clean[0]["role"] == "system":
-        system = f"{PREFIX['system']} {clean_user_text(clean[0]['content'])}{TURN_SEPARATOR}"
+        system = render_system(clean[0]["content"])
     return parts, system
 
 

@@ -58,17 +58,30 @@ def wkv_reference(
     return y.to(dtype), S
 
 
-def _chunk_masks(reset: torch.Tensor | None, B: int, n: int, L: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Masks that cut every path through a document start. Shapes (B, n, L, L), (B, n, L), (B, n)."""
-    tri_strict = torch.ones(L, L, dtype=torch.bool, device=device).tril(-1)
-    tri_incl = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+def _chunk_masks(reset: torch.Tensor | None, B: int, n: int, L: int, device: torch.device) -> tuple:
+    """What a document start cuts inside each chunk.
+
+    Returns the pair masks (strict s < t, inclusive s <= t) shaped to broadcast over (B, H, n, L_t, L_s, N)
+    and three factors: position t still sees the chunk's initial state (B, 1, n, L, 1); position s still
+    reaches the chunk's end (B, 1, n, L, 1); the initial state reaches the end (B, 1, n, 1). Without
+    resets the factors are 1.
+    """
+    strict = torch.ones(L, L, dtype=torch.bool, device=device).tril(-1)
+    incl = torch.ones(L, L, dtype=torch.bool, device=device).tril()
     if reset is None:
-        return tri_strict, tri_incl, torch.ones(L, dtype=torch.bool, device=device), torch.ones((), dtype=torch.bool)
+        return strict.view(1, 1, 1, L, L, 1), incl.view(1, 1, 1, L, L, 1), 1.0, 1.0, 1.0
     # cr[t] = resets at chunk positions <= t; s reaches t (s <= t) iff no reset in (s, t]  <=>  cr[t] == cr[s]
-    cr = reset.view(B, n, L).long().cumsum(-1)
-    same = cr.unsqueeze(-1) == cr.unsqueeze(-2)  # (B, n, L, L)
-    from_start = cr == 0  # (B, n, L): position t still sees the state the chunk started with
-    return same & tri_strict, same & tri_incl, from_start, from_start[..., -1]
+    cr = reset.view(B, n, L).long().cumsum(-1).unsqueeze(1)  # (B, 1, n, L)
+    same = cr.unsqueeze(-1) == cr.unsqueeze(-2)  # (B, 1, n, L, L)
+    from_start = cr == 0
+    alive = cr == cr[..., -1:]
+    return (
+        (same & strict).unsqueeze(-1),
+        (same & incl).unsqueeze(-1),
+        from_start.unsqueeze(-1).float(),
+        alive.unsqueeze(-1).float(),
+        from_start[..., -1:].float(),
+    )
 
 
 def wkv_chunked(
@@ -104,25 +117,20 @@ def wkv_chunked(
     rr, lw, kk, vv, aa, bb = (t.view(B, n, L, H, N).permute(0, 3, 1, 2, 4) for t in f32)
     cl = lw.cumsum(-2)  # log d_t, inclusive
     cl_prev = cl - lw  # log d_{t-1}
-    strict, incl, from_start, end_from_start = _chunk_masks(reset, B, n, L, r.device)
-    if reset is not None:  # masks indexed (B, n, ...) -> broadcast over heads
-        strict, incl, from_start = strict.unsqueeze(1), incl.unsqueeze(1), from_start.unsqueeze(1)
-        end_from_start = end_from_start.unsqueeze(1)
+    strict, incl, from_start, alive, end_from_start = _chunk_masks(reset, B, n, L, r.device)
 
     def pair(q: torch.Tensor, q_log: torch.Tensor, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # M[t, s] = sum_c q_t[c] s_s[c] exp(q_log_t[c] - cl_s[c]), only where mask (t >= s so exponent <= 0)
         diff = q_log.unsqueeze(-2) - cl.unsqueeze(-3)  # (B, H, n, L_t, L_s, N)
-        m = mask.unsqueeze(-1) if mask.dim() > 2 else mask.view(1, 1, 1, L, L, 1)
-        decay = torch.where(m, diff, torch.full_like(diff, -torch.inf)).exp()
+        decay = torch.where(mask, diff, torch.full_like(diff, -torch.inf)).exp()
         return torch.einsum("bhntc,bhnsc,bhntsc->bhnts", q, s, decay)
 
     m_ab = pair(aa, cl_prev, bb, strict)
     m_ak = pair(aa, cl_prev, kk, strict)
     m_rb = pair(rr, cl, bb, incl)
     m_rk = pair(rr, cl, kk, incl)
-    fs = from_start.unsqueeze(-1).float() if reset is not None else 1.0
-    a_tilde = aa * cl_prev.exp() * fs  # (B, H, n, L, N): a_t d_{t-1}, zero after a reset
-    r_tilde = rr * cl.exp() * fs
+    a_tilde = aa * cl_prev.exp() * from_start  # (B, H, n, L, N): a_t d_{t-1}, zero after a reset
+    r_tilde = rr * cl.exp() * from_start
     eye = torch.eye(L, device=r.device, dtype=torch.float32)
     solve = torch.linalg.solve_triangular(
         eye - m_ab, torch.cat([a_tilde, m_ak @ vv], dim=-1), upper=False, unitriangular=True
@@ -131,15 +139,9 @@ def wkv_chunked(
     y_from_state = r_tilde + m_rb @ u_from_state  # Y = y_from_state @ S0^T + y_const
     y_const = m_rb @ u_const + m_rk @ vv
     # end of chunk: S_L = S0 @ transition + addition
-    to_end = (cl[..., -1:, :] - cl).exp()  # d_L / d_s  (B, H, n, L, N)
-    if reset is not None:
-        cr = reset.view(B, n, L).long().cumsum(-1)
-        alive = (cr == cr[..., -1:]).unsqueeze(1).unsqueeze(-1).float()  # s still reaches the chunk end
-        to_end = to_end * alive
+    to_end = (cl[..., -1:, :] - cl).exp() * alive  # d_L / d_s where s still reaches the end  (B, H, n, L, N)
     b_end, k_end = bb * to_end, kk * to_end
-    d_end = cl[..., -1, :].exp()
-    if reset is not None:
-        d_end = d_end * end_from_start.float().unsqueeze(-1)
+    d_end = cl[..., -1, :].exp() * end_from_start
     transition = torch.diag_embed(d_end) + u_from_state.transpose(-1, -2) @ b_end  # (B, H, n, N_k, N_k)
     addition = u_const.transpose(-1, -2) @ b_end + vv.transpose(-1, -2) @ k_end  # (B, H, n, N_v, N_k)
 

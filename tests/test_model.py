@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,67 @@ def test_cli_init_and_inspect(tmp_path: Path) -> None:
     assert info["parameters"] == sum(v.numel() for v in sd.values())
     r = run_cli("inspect", str(tmp_path / "missing.pth"))
     assert r.returncode == 1 and "not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_activations_stay_in_model_dtype_under_autocast() -> None:
+    """Under bf16 autocast every linear layer sees bf16 input: norms, sums and squares are not promoted
+    to fp32 (which would double the memory traffic and add a cast before every matmul)."""
+    sd = {k: v.to(torch.bfloat16) for k, v in random_state_dict(n_layer=2, vocab_size=256).items()}
+    model = RWKV7.from_state_dict(sd)
+    model.blocks[1].att.v0.data = model.blocks[1].att.v0.data.float()  # trained in fp32 (TRAIN_EXTRA)
+    seen: list[tuple[str, torch.dtype]] = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0].dtype)))
+    tokens = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    reset = torch.zeros(2, 9, dtype=torch.bool)
+    reset[1, 4] = True
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden, _ = model(tokens, reset=reset, need_state=False, return_hidden=True)
+    assert len(seen) == 2 * 6
+    assert [n for n, dt in seen if dt != torch.bfloat16] == []
+    assert hidden.dtype == torch.bfloat16
+
+
+def test_fp32_parameters_train_under_autocast() -> None:
+    """An fp32 model under bf16 autocast (fp32 time-mix parameters meet bf16 matmul outputs) runs
+    forward and backward, and its loss stays close to the fp32 one."""
+    model = RWKV7.from_state_dict(random_state_dict(n_layer=2, vocab_size=256, dtype=torch.float32)).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    tokens = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, _ = model(tokens, need_state=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, _ = model(tokens, need_state=False)
+    logits.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert rel_err(logits.float(), ref) < 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_blocks_equal_eager() -> None:
+    """COMPILE=on (torch.compile around the WKV operator) gives the eager outputs and gradients."""
+    model = RWKV7.from_state_dict(random_state_dict(n_layer=2, vocab_size=256, dtype=torch.float32))
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    tokens = torch.randint(0, 256, (2, 21), generator=torch.Generator().manual_seed(0))
+    reset = torch.zeros(2, 21, dtype=torch.bool)
+    reset[0, 8] = True
+
+    def run(compiled: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.compile_blocks = compiled
+        model.zero_grad()
+        logits, _ = model(tokens, reset=reset, need_state=False)
+        logits.float().square().mean().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager_logits, eager_grads = run(False)
+    logits, grads = run(True)
+    assert rel_err(logits, eager_logits) <= TOL
+    assert grads.keys() == eager_grads.keys() and len(grads) == len(list(model.parameters()))
+    for name, g in grads.items():
+        ref = eager_grads[name]
+        assert (g - ref).abs().max() <= 1e-4 * ref.abs().max() + 1e-12, name

@@ -7,7 +7,9 @@ up to 2^-9 ~ 2e-3 per rounding) and fla's kernel keeps bf16 intermediates; over 
 r/k/v/o, FFN and the WKV chain the per-element error of the hidden states reaches a few 1e-3..1e-2.
 The loss averages thousands of such terms, so we allow 1e-2 relative on it; gradients of the LoRA
 matrices sum products of two perturbed factors, so we allow 5e-2 relative (Frobenius norm of the
-difference over the norm of the reference). In fp32 on the GPU, Triton still multiplies in TF32
+difference over the norm of the reference). With a bf16 base the activations themselves stay bf16
+between ops (norm outputs, the token-shift mixes, the gate), which adds one more rounding to each
+factor: measured 5.2e-2 on an H100, so that case gets 8e-2. In fp32 on the GPU, Triton still multiplies in TF32
 (10-bit mantissa), so fp32 gets 5e-3 on the loss and 2e-2 on gradients.
 """
 
@@ -76,7 +78,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("base_dtype", "autocast", "loss_tol", "grad_tol"),
     [
-        (torch.bfloat16, True, 1e-2, 5e-2),  # the training path: bf16 base, fp32 LoRA, bf16 autocast
+        (torch.bfloat16, True, 1e-2, 8e-2),  # the training path: bf16 base, fp32 LoRA, bf16 autocast
         (torch.float32, True, 1e-2, 5e-2),  # fp32 parameters under autocast (TRAIN_EXTRA=time_mix has some)
         (torch.float32, False, 5e-3, 2e-2),
     ],

@@ -9,6 +9,7 @@ Shapes: B batch, T time, C width (n_embd), H heads, N head size (64), V vocabula
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zipfile
@@ -122,11 +123,38 @@ class RWKVState:
 
 def token_shift(x: torch.Tensor, prev: torch.Tensor | None, reset: torch.Tensor | None) -> torch.Tensor:
     """The previous token's x for every position: (B, T, C). Zero at a document start."""
-    first = torch.zeros_like(x[:, :1]) if prev is None else prev.unsqueeze(1).to(x.dtype)
-    shifted = torch.cat([first, x[:, :-1]], dim=1)
+    if prev is None:
+        shifted = F.pad(x, (0, 0, 1, -1))  # one step later along T, zero in front
+    else:
+        shifted = torch.cat([prev.unsqueeze(1).to(x.dtype), x[:, :-1]], dim=1)
     if reset is not None:
-        shifted = shifted * (~reset).unsqueeze(-1).to(x.dtype)
+        shifted = shifted.masked_fill(reset.unsqueeze(-1), 0.0)
     return shifted
+
+
+def _autocast_off(x: torch.Tensor) -> torch.autocast:
+    """A region where autocast does not promote to fp32 (norms, sums): activations keep x's dtype."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def _norm(norm: nn.LayerNorm | nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm / GroupNorm in x's dtype (the kernels keep their statistics in fp32).
+
+    Under autocast torch would run norms in fp32 and hand fp32 to every op after them; the model keeps
+    its activations in one dtype instead, and parameters trained in fp32 are cast where they are used.
+    """
+    dt = x.dtype
+    assert norm.weight is not None and norm.bias is not None
+    with _autocast_off(x):
+        if isinstance(norm, nn.GroupNorm):
+            return F.group_norm(x, norm.num_groups, norm.weight.to(dt), norm.bias.to(dt), norm.eps)
+        return F.layer_norm(x, norm.normalized_shape, norm.weight.to(dt), norm.bias.to(dt), norm.eps)
+
+
+@functools.cache
+def _compiled(fn: Any) -> Any:
+    """`fn` through torch.compile, built on first use; one compiled graph serves every layer."""
+    return torch.compile(fn)
 
 
 class TimeMix(nn.Module):
@@ -154,53 +182,50 @@ class TimeMix(nn.Module):
         self.output = nn.Linear(C, C, bias=False)
         self.ln_x = nn.GroupNorm(H, C, eps=LN_X_EPS)
 
-    def forward(
+    def mix(
         self,
         x: torch.Tensor,  # (B, T, C), already ln1-normalised
-        v_first: torch.Tensor | None,
+        v_first: torch.Tensor | None,  # None in layer 0, which makes it
         shift: torch.Tensor | None,  # (B, C) previous token, or None
-        state: torch.Tensor | None,  # (B, H, N, N) fp32, or None
         reset: torch.Tensor | None,  # (B, T) bool
-        impl: WkvImpl,
-        segments: Segments | None = None,  # reset's varlen form for the fla kernel, shared by all layers
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, C = x.shape
+    ) -> tuple[torch.Tensor, ...]:
+        """Everything before the WKV operator: r, log_w, k, v, a, b per head (B, T, H, N), g, v_first."""
+        B, T, _ = x.shape
         H, N = self.n_head, self.head_size
+        dt = x.dtype
         xx = token_shift(x, shift, reset) - x
-        xr, xw, xk, xv, xa, xg = (x + xx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+        mixes = (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
+        xr, xw, xk, xv, xa, xg = (torch.addcmul(x, xx, m.to(dt)) for m in mixes)
 
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
         # decay w = exp(-e^-0.5 * sigmoid(.)) in (0.545, 1); kept as its log, in fp32
-        log_w = -math.exp(-0.5) * torch.sigmoid((self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float())
-        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate
+        log_w = -math.exp(-0.5) * torch.sigmoid((self.w0.to(dt) + torch.tanh(xw @ self.w1) @ self.w2).float())
+        a = torch.sigmoid(self.a0.to(dt) + (xa @ self.a1) @ self.a2)  # in-context learning rate
         g = torch.sigmoid(xg @ self.g1) @ self.g2  # output gate
-        if self.layer_id == 0:
+        if v_first is None:  # layer 0: its value is the residual every later layer mixes in
             v_first = v
         else:
-            assert v_first is not None
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+            gate = torch.sigmoid(self.v0.to(dt) + (xv @ self.v1) @ self.v2)
+            v = torch.lerp(v, v_first.to(v.dtype), gate.to(v.dtype))  # lerp needs one dtype
+        with _autocast_off(x):  # removal key, unit length per head
+            kk = F.normalize((k * self.k_k.to(dt)).view(B, T, H, N), dim=-1, p=2.0, eps=1e-12)
+        k_a = self.k_a.to(dt)
+        k = k * torch.addcmul(1 - k_a, a, k_a)  # k * (1 + (a - 1) * k_a)
+        heads = [t.view(B, T, H, N) for t in (r, log_w, k, v)]
+        return (*heads, -kk, kk * a.view(B, T, H, N), g, v_first)
 
-        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0, eps=1e-12)  # removal key, unit per head
-        k = k * (1 + (a - 1) * self.k_a)
-        a_h = a.view(B, T, H, N)
-        y, new_state = wkv(
-            r.view(B, T, H, N),
-            log_w.view(B, T, H, N),
-            k.view(B, T, H, N),
-            v.view(B, T, H, N),
-            -kk,
-            kk * a_h,
-            state=state,
-            reset=reset,
-            impl=impl,
-            segments=segments,
-        )
-        y = self.ln_x(y.reshape(B * T, C).to(x.dtype)).view(B, T, C)
-        bonus = (r.view(B, T, H, N) * k.view(B, T, H, N) * self.r_k).sum(-1, keepdim=True) * v.view(B, T, H, N)
-        y = y + bonus.view(B, T, C)
-        return self.output(y * g), v_first, new_state  # type: ignore[return-value]
+    def finish(
+        self, y: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
+        """After the WKV operator: ln_x, the per-head bonus r·(k⊙r_k)·v, the gate and the output."""
+        B, T, H, N = r.shape
+        dt = r.dtype
+        with _autocast_off(r):
+            y = _norm(self.ln_x, y.to(dt).reshape(B * T, H * N)).view(B, T, H, N)
+            y = torch.addcmul(y, (r * k * self.r_k.to(dt)).sum(-1, keepdim=True), v)
+        return self.output(y.view(B, T, H * N) * g)  # type: ignore[no-any-return]
 
 
 class ChannelMix(nn.Module):
@@ -214,12 +239,12 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor | None, reset: torch.Tensor | None) -> torch.Tensor:
         xx = token_shift(x, shift, reset) - x
-        k = torch.relu(self.key(x + xx * self.x_k)) ** 2
-        return self.value(k)
+        k = torch.relu(self.key(torch.addcmul(x, xx, self.x_k.to(x.dtype))))
+        return self.value(k * k)  # type: ignore[no-any-return]  # (not k ** 2: autocast runs pow in fp32)
 
 
 class Block(nn.Module):
-    """`blocks.N`: pre-norm residual block; `ln0` (on the embeddings) only in block 0."""
+    """`blocks.N`: pre-norm residual block; `ln0` (on the embeddings, applied by RWKV7) only in block 0."""
 
     def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
         super().__init__()
@@ -239,24 +264,42 @@ class Block(nn.Module):
         reset: torch.Tensor | None,
         impl: WkvImpl,
         segments: Segments | None = None,
+        compiled: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One block. `compiled` runs the parts around the WKV operator through torch.compile: they are
+        dozens of small elementwise ops per layer, which the compiler fuses into a few kernels."""
         i = self.layer_id
-        if i == 0:
-            x = self.ln0(x)
-        xa = self.ln1(x)
-        att_out, v_first, wkv_state = self.att(
-            xa,
-            v_first,
-            None if state is None else state.att_shift[i],
-            None if state is None else state.wkv[i],
-            reset,
-            impl,
-            segments,
+        att_shift = ffn_shift = wkv_state = None
+        if state is not None:
+            att_shift, ffn_shift, wkv_state = state.att_shift[i], state.ffn_shift[i], state.wkv[i]
+        pre, post = (
+            (_compiled(Block.pre_wkv), _compiled(Block.post_wkv)) if compiled else (Block.pre_wkv, Block.post_wkv)
         )
-        x = x + att_out
-        xf = self.ln2(x)
-        x = x + self.ffn(xf, None if state is None else state.ffn_shift[i], reset)
-        return x, v_first, (xa[:, -1], xf[:, -1], wkv_state)  # type: ignore[return-value]
+        xa_last, r, log_w, k, v, a, b, g, v_first = pre(self, x, v_first, att_shift, reset)
+        y, wkv_state = wkv(r, log_w, k, v, a, b, state=wkv_state, reset=reset, impl=impl, segments=segments)
+        x, xf_last = post(self, x, y, r, k, v, g, ffn_shift, reset)
+        return x, v_first, (xa_last, xf_last, wkv_state)  # type: ignore[return-value]
+
+    def pre_wkv(
+        self, x: torch.Tensor, v_first: torch.Tensor | None, shift: torch.Tensor | None, reset: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        xa = _norm(self.ln1, x)
+        return (xa[:, -1], *self.att.mix(xa, v_first, shift, reset))
+
+    def post_wkv(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        r: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        g: torch.Tensor,
+        shift: torch.Tensor | None,
+        reset: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x + self.att.finish(y, r, k, v, g)
+        xf = _norm(self.ln2, x)
+        return x + self.ffn(xf, shift, reset), xf[:, -1]
 
 
 class RWKV7(nn.Module):
@@ -274,6 +317,7 @@ class RWKV7(nn.Module):
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.wkv_impl: WkvImpl = "auto"
         self.gradient_checkpointing = False
+        self.compile_blocks = False  # torch.compile the elementwise parts of every block (GPU training)
 
     def forward(
         self,
@@ -295,25 +339,24 @@ class RWKV7(nn.Module):
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (B, T), got shape {tuple(tokens.shape)}")
-        x = self.emb(tokens)
+        x = _norm(self.blocks[0].ln0, self.emb(tokens))  # type: ignore[arg-type]
         v_first: torch.Tensor | None = None
         # document boundaries in the fla kernel's varlen form, built once and shared by every layer
         segments = varlen_segments(reset) if reset is not None and tokens.is_cuda else None
         shifts_att, shifts_ffn, wkv_states = [], [], []
         for block in self.blocks:
+            args = (x, v_first, state, reset, self.wkv_impl, segments, self.compile_blocks)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, v_first, (sa, sf, sw) = torch.utils.checkpoint.checkpoint(
-                    block, x, v_first, state, reset, self.wkv_impl, segments, use_reentrant=False
-                )
+                x, v_first, (sa, sf, sw) = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:
-                x, v_first, (sa, sf, sw) = block(x, v_first, state, reset, self.wkv_impl, segments)
+                x, v_first, (sa, sf, sw) = block(*args)
             if need_state:
                 shifts_att.append(sa)
                 shifts_ffn.append(sf)
                 wkv_states.append(sw)
         if last_only:
             x = x[:, -1:]
-        out = self.ln_out(x)
+        out = _norm(self.ln_out, x)
         if not return_hidden:
             out = self.head(out)
         new_state = None

@@ -89,6 +89,15 @@ def test_triton_missing_and_no_compiler() -> None:
     assert "build-essential" in (hint_for(compiler) or "")
 
 
+def test_compile_failure_points_to_the_switch() -> None:
+    class BackendCompilerFailed(RuntimeError):  # the name torch._dynamo raises with
+        pass
+
+    hint = hint_for(BackendCompilerFailed("backend='inductor' raised: CalledProcessError ..."))
+    assert hint is not None and "COMPILE=off" in hint
+    assert hint_for(RuntimeError("something else entirely")) is None
+
+
 def test_hint_found_through_the_cause_chain() -> None:
     try:
         try:

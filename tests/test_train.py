@@ -75,6 +75,18 @@ def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize(("setting", "compiled"), [("auto", False), ("on", True), ("off", False)])
+def test_compile_setting(assets: dict[str, Path], setting: str, compiled: bool) -> None:
+    """COMPILE=auto compiles the blocks on a GPU only; `on` forces it (CPU too), `off` never."""
+    spec = start(assets, f"compile-{setting}", compile=setting)
+    assert build_model(spec, "cpu", "fp32")[0].compile_blocks is compiled
+
+
+def test_compile_setting_refuses_other_values(assets: dict[str, Path]) -> None:
+    with pytest.raises(UserError, match="COMPILE"):
+        start(assets, "compile-bad", compile="sometimes")
+
+
 @pytest.mark.parametrize("quant", ["none", "nf4", "int8"])
 def test_every_profile_learns_and_changes_only_the_adapter(assets: dict[str, Path], quant: str) -> None:
     extra = ("norms",) if quant == "none" else ()

@@ -282,6 +282,7 @@ class TrainConfig:
     save_every: int = 200
     keep_checkpoints: int = 2
     grad_ckpt: bool = False
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the block elementwise ops; auto: on a GPU
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
 
     def validate(self) -> list[str]:

@@ -169,6 +169,18 @@ def _triton_hint(exc: BaseException, text: str) -> str | None:
     return None
 
 
+def _compile_hint(exc: BaseException, text: str) -> str | None:
+    low = text.lower()
+    names = {"BackendCompilerFailed", "InductorError", "TorchRuntimeError", "Unsupported", "InternalTorchDynamoError"}
+    if type(exc).__name__ not in names and "torch._dynamo" not in low and "torch._inductor" not in low:
+        return None
+    return (
+        "torch.compile failed while compiling the model blocks (training on a GPU compiles them by default). "
+        "Train without it: add `--override COMPILE=off` (or set COMPILE=off in the profile); the results are "
+        "the same, only slower. If the message names a missing C compiler: `sudo apt-get install build-essential`."
+    )
+
+
 _RULES: tuple[Callable[[BaseException, str], str | None], ...] = (
     _kernel_image_hint,
     _oom_hint,
@@ -176,6 +188,7 @@ _RULES: tuple[Callable[[BaseException, str], str | None], ...] = (
     _shape_mismatch_hint,
     _bitsandbytes_hint,
     _triton_hint,
+    _compile_hint,
 )
 
 

@@ -387,6 +387,7 @@ def build_model(spec: RunSpec, device: Any, precision: str) -> tuple[RWKV7, list
         extra=cfg.train_extra,
     )
     model.gradient_checkpointing = cfg.grad_ckpt
+    model.compile_blocks = cfg.compile == "on" or (cfg.compile == "auto" and spec.device == "cuda")
     return model.train(), extra
 
 
@@ -772,6 +773,7 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
             f"{plan.windows_per_epoch} windows of {cfg.ctx_len} tokens per epoch, "
             f"{plan.steps_per_epoch} steps per epoch x {cfg.micro_bsz} x {cfg.grad_accum} x {dist.world}; "
             f"{total_steps} steps; {spec.device} ({precision}), WKV {_wkv_name(model, spec.device)}"
+            + (", blocks through torch.compile (the first step compiles)" if model.compile_blocks else "")
         )
 
         def trainer_state(step: int) -> dict[str, Any]:

@@ -91,17 +91,22 @@ def run_one(
     lora_r: int,
     trace: bool = False,
     packed: bool = True,
+    compile_blocks: bool = True,
 ) -> dict[str, Any]:
     quant, _ = PROFILES[profile]
     p = load_preset(preset)
     gc.collect()  # the previous configuration's model holds reference cycles (peft layers)
     torch.cuda.empty_cache()
+    # each row compiles afresh, as a training run does: the previous rows' graphs would otherwise use up
+    # dynamo's recompile limit (and turn the shapes dynamic)
+    torch._dynamo.reset()
     model = random_model(p.n_layer, p.n_embd, "cuda")
     n_nonemb = sum(t.numel() for n, t in model.named_parameters() if n != "emb.weight")
     quantize_block_linears(model, quant, device="cuda", compute_dtype=torch.bfloat16)  # type: ignore[arg-type]
     torch.manual_seed(0)
     add_lora(model, r=lora_r, alpha=2 * lora_r)
     model.train()
+    model.compile_blocks = compile_blocks  # as `rwkv1c train` does on a GPU (COMPILE=auto)
     loss_module = build_loss_module(model, grad_ckpt)
     optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4, betas=(0.9, 0.99))
     trainable = [t for t in model.parameters() if t.requires_grad]
@@ -126,13 +131,15 @@ def run_one(
     if trace:
         from torch.profiler import ProfilerActivity, profile
 
+        phases = phase_times(loss_module, batch, optimizer, trainable, mb * ctx)
+        print(json.dumps({"phase_s": phases}), file=sys.stderr)
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = loss_module(*batch) / (mb * ctx)
             loss.backward()
             torch.cuda.synchronize()
         for key in ("self_cuda_time_total", "self_cpu_time_total"):
-            print(prof.key_averages().table(sort_by=key, row_limit=25), file=sys.stderr)
+            print(prof.key_averages().table(sort_by=key, row_limit=40), file=sys.stderr)
     step_s = sorted(times)[len(times) // 2]
     tokens_per_s = mb * ctx / step_s
     _, peak_tflops = card_peak_tflops()
@@ -144,6 +151,7 @@ def run_one(
         "micro_bsz": mb,
         "grad_ckpt": grad_ckpt,
         "lora_r": lora_r,
+        "compile": compile_blocks,
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
         "tokens_per_s": round(tokens_per_s, 1),
         "mfu": None if mfu is None else round(mfu, 4),
@@ -155,6 +163,40 @@ def run_one(
     gc.collect()
     torch.cuda.empty_cache()
     return row
+
+
+def phase_times(
+    loss_module: torch.nn.Module,
+    batch: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    trainable: list[torch.Tensor],
+    tokens: int,
+) -> dict[str, float]:
+    """Wall time of each phase of one step, and how long the host takes to queue forward and backward.
+
+    When the queueing time is close to the synchronised time, the step is bound by the host (Python,
+    kernel launches, device-to-host syncs), not by the GPU.
+    """
+    out: dict[str, float] = {}
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = loss_module(*batch) / tokens
+    out["forward_queue"] = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    out["forward"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    loss.backward()
+    out["backward_queue"] = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    out["backward"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    out["optimizer"] = time.perf_counter() - t0
+    return {k: round(v, 4) for k, v in out.items()}
 
 
 def grid(args: argparse.Namespace) -> list[tuple[str, str, int, int, bool]]:
@@ -234,6 +276,7 @@ def main() -> int:
     parser.add_argument("--ddp-check", type=Path, default=None, help="run the 1-vs-2-GPU loss check, write JSON")
     parser.add_argument("--trace", default=None, help="profile one row PRESET:PROFILE:CTX:MICRO_BSZ:GRAD_CKPT and stop")
     parser.add_argument("--unpacked", action="store_true", help="no document resets (no varlen WKV)")
+    parser.add_argument("--no-compile", action="store_true", help="eager blocks (COMPILE=off)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--lora-r", type=int, default=32)
@@ -264,6 +307,7 @@ def main() -> int:
             args.lora_r,
             True,
             not args.unpacked,
+            not args.no_compile,
         )
         print(json.dumps(row))
         return 0
@@ -272,7 +316,9 @@ def main() -> int:
         where = {"preset": preset, "profile": profile, "ctx_len": ctx, "micro_bsz": mb, "grad_ckpt": ckpt}
         try:
             packed = not args.unpacked
-            row = run_one(preset, profile, ctx, mb, ckpt, args.steps, args.warmup, args.lora_r, False, packed)
+            row = run_one(
+                preset, profile, ctx, mb, ckpt, args.steps, args.warmup, args.lora_r, False, packed, not args.no_compile
+            )
         except torch.cuda.OutOfMemoryError:
             row = {**where, "error": "out of memory"}
             torch.cuda.empty_cache()

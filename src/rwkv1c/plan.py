@@ -135,6 +135,9 @@ class Coefficients:
     trainable_bytes_per_param: float = 16.0
     act_bytes: float = 120.0
     ckpt_bytes: float = 2.0
+    # bitsandbytes' int8 matmul keeps its input for the backward pass outside autograd's saved tensors, so
+    # gradient checkpointing does not free it: every layer holds ~9C values per token (bf16 + int8 copies)
+    int8_act_bytes: float = 27.0
     logit_bytes: float = 10.0
     dequant_buffers: float = 2.0
     fixed_gib: float = 0.3
@@ -207,6 +210,7 @@ def _features(shape: ModelShape, run: RunShape) -> dict[str, float]:
         "lora": float(shape.lora_params(run.lora_r, run.lora_targets) + extra),
         "act": float(tokens * shape.n_embd * act_layers),
         "ckpt": float(tokens * shape.n_embd * shape.n_layer) if run.grad_ckpt else 0.0,
+        "int8_act": float(tokens * shape.n_embd * shape.n_layer) if run.quant == "int8" else 0.0,
         "logit": float(min(tokens, CE_CHUNK) * shape.vocab_size),
         "dequant": float(shape.largest_quant_matrix * 2) if quantised else 0.0,
         "fixed": float(GIB),
@@ -220,6 +224,7 @@ def _coef_vector(c: Coefficients) -> dict[str, float]:
         lora=c.trainable_bytes_per_param,
         act=c.act_bytes,
         ckpt=c.ckpt_bytes,
+        int8_act=c.int8_act_bytes,
         logit=c.logit_bytes,
         dequant=c.dequant_buffers,
         fixed=c.fixed_gib,
@@ -235,6 +240,7 @@ def _with_vector(c: Coefficients, vec: Mapping[str, float], source: str) -> Coef
         trainable_bytes_per_param=vec["lora"],
         act_bytes=vec["act"],
         ckpt_bytes=vec["ckpt"],
+        int8_act_bytes=vec["int8_act"],
         logit_bytes=vec["logit"],
         dequant_buffers=vec["dequant"],
         fixed_gib=vec["fixed"],
@@ -374,7 +380,7 @@ def resolve_model(model: str, root: Path | None = None) -> ModelInfo:
 # ---------------------------------------------------------------------------------------------- calibration
 
 # The coefficients calibrate() refits; the rest (bf16 bytes, fp32 Adam bytes) are exact by construction.
-FIT_DEFAULT = ("w_int8", "w_nf4", "act", "ckpt", "logit", "fixed")
+FIT_DEFAULT = ("w_int8", "w_nf4", "act", "ckpt", "int8_act", "logit", "fixed")
 
 
 @dataclass(frozen=True)
@@ -628,6 +634,7 @@ _NAMES = {
     "lora": "LoRA + Adam state",
     "act": "activations",
     "ckpt": "checkpointed inputs",
+    "int8_act": "int8 layer inputs",
     "logit": "logits + loss",
     "dequant": "dequant buffer",
     "fixed": "workspaces",

@@ -222,8 +222,8 @@ class TimeMix(nn.Module):
         """After the WKV operator: ln_x, the per-head bonus r·(k⊙r_k)·v, the gate and the output."""
         B, T, H, N = r.shape
         dt = r.dtype
-        with _autocast_off(r):
-            y = _norm(self.ln_x, y.to(dt).reshape(B * T, H * N)).view(B, T, H, N)
+        y = _norm(self.ln_x, y.to(dt).reshape(B * T, H * N)).view(B, T, H, N)
+        with _autocast_off(r):  # the per-head sum stays in r's dtype
             y = torch.addcmul(y, (r * k * self.r_k.to(dt)).sum(-1, keepdim=True), v)
         return self.output(y.view(B, T, H * N) * g)  # type: ignore[no-any-return]
 

@@ -175,8 +175,8 @@ def wkv_fla(
     """
     from fla.ops.rwkv7 import chunk_rwkv7
 
-    # fla's kernels need r, k, v, a, b in one dtype. Under autocast (or with quantised layers, whose
-    # outputs follow their fp32 inputs) they arrive mixed, so they run in the 16-bit compute dtype;
+    # fla's kernels need r, k, v, a, b in one dtype. They can arrive mixed (an fp32 model under autocast:
+    # bf16 matmul outputs next to fp32 elementwise results), so they run in the 16-bit compute dtype;
     # the log-decay stays fp32.
     compute = _compute_dtype(r, k, v, a, b)
     r, k, v, a, b = (t.to(compute) for t in (r, k, v, a, b))

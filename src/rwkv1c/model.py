@@ -160,6 +160,27 @@ def _compiled(fn: Any) -> Any:
 class TimeMix(nn.Module):
     """`blocks.N.att`: the RWKV-7 time mixing (attention replacement)."""
 
+    # set by name in __init__ (ATT_VECTORS, ATT_LORAS); v0/v1/v2 only after layer 0
+    x_r: nn.Parameter
+    x_w: nn.Parameter
+    x_k: nn.Parameter
+    x_v: nn.Parameter
+    x_a: nn.Parameter
+    x_g: nn.Parameter
+    w0: nn.Parameter
+    a0: nn.Parameter
+    v0: nn.Parameter
+    k_k: nn.Parameter
+    k_a: nn.Parameter
+    w1: nn.Parameter
+    w2: nn.Parameter
+    a1: nn.Parameter
+    a2: nn.Parameter
+    v1: nn.Parameter
+    v2: nn.Parameter
+    g1: nn.Parameter
+    g2: nn.Parameter
+
     def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
         super().__init__()
         C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size

@@ -29,7 +29,7 @@ from rwkv1c.config import load_preset
 from rwkv1c.lora import add_lora, param_groups, quantize_block_linears
 from rwkv1c.model import RWKV7, ModelConfig
 from rwkv1c.plan import low_rank_for
-from rwkv1c.train import build_loss_module
+from rwkv1c.train import build_loss_module, compile_blocks_for
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "4090": 165.2, "L40S": 362.0}
 PROFILES = {"lora-bf16": ("none", False), "qlora-nf4": ("nf4", True), "qlora-int8": ("int8", True)}
@@ -91,7 +91,7 @@ def run_one(
     lora_r: int,
     trace: bool = False,
     packed: bool = True,
-    compile_blocks: bool = True,
+    compile_setting: str = "auto",
 ) -> dict[str, Any]:
     quant, _ = PROFILES[profile]
     p = load_preset(preset)
@@ -106,7 +106,8 @@ def run_one(
     torch.manual_seed(0)
     add_lora(model, r=lora_r, alpha=2 * lora_r)
     model.train()
-    model.compile_blocks = compile_blocks  # as `rwkv1c train` does on a GPU (COMPILE=auto)
+    compile_blocks = compile_blocks_for(compile_setting, "cuda", quant)  # as `rwkv1c train` decides COMPILE
+    model.compile_blocks = compile_blocks
     loss_module = build_loss_module(model, grad_ckpt)
     optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4, betas=(0.9, 0.99))
     trainable = [t for t in model.parameters() if t.requires_grad]
@@ -276,7 +277,9 @@ def main() -> int:
     parser.add_argument("--ddp-check", type=Path, default=None, help="run the 1-vs-2-GPU loss check, write JSON")
     parser.add_argument("--trace", default=None, help="profile one row PRESET:PROFILE:CTX:MICRO_BSZ:GRAD_CKPT and stop")
     parser.add_argument("--unpacked", action="store_true", help="no document resets (no varlen WKV)")
-    parser.add_argument("--no-compile", action="store_true", help="eager blocks (COMPILE=off)")
+    parser.add_argument(
+        "--compile", choices=["auto", "on", "off"], default="auto", help="COMPILE as in training (auto: on, not int8)"
+    )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--lora-r", type=int, default=32)
@@ -307,7 +310,7 @@ def main() -> int:
             args.lora_r,
             True,
             not args.unpacked,
-            not args.no_compile,
+            args.compile,
         )
         print(json.dumps(row))
         return 0
@@ -317,7 +320,7 @@ def main() -> int:
         try:
             packed = not args.unpacked
             row = run_one(
-                preset, profile, ctx, mb, ckpt, args.steps, args.warmup, args.lora_r, False, packed, not args.no_compile
+                preset, profile, ctx, mb, ckpt, args.steps, args.warmup, args.lora_r, False, packed, args.compile
             )
         except torch.cuda.OutOfMemoryError:
             row = {**where, "error": "out of memory"}

@@ -18,7 +18,7 @@ from rwkv1c.binidx import BinIdxWriter
 from rwkv1c.errors import UserError
 from rwkv1c.lora import lora_layers
 from rwkv1c.model import RWKV7, load_checkpoint
-from rwkv1c.train import build_loss_module, build_model, fit, setup
+from rwkv1c.train import build_loss_module, build_model, compile_blocks_for, fit, setup
 from tests.conftest import make_checkpoint
 
 VOCAB = 256
@@ -80,6 +80,22 @@ def test_compile_setting(assets: dict[str, Path], setting: str, compiled: bool) 
     """COMPILE=auto compiles the blocks on a GPU only; `on` forces it (CPU too), `off` never."""
     spec = start(assets, f"compile-{setting}", compile=setting)
     assert build_model(spec, "cpu", "fp32")[0].compile_blocks is compiled
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "quant", "compiled"),
+    [
+        ("auto", "cuda", "none", True),
+        ("auto", "cuda", "nf4", True),
+        ("auto", "cuda", "int8", False),  # int8 quantisation breaks the graph at every layer
+        ("auto", "cpu", "none", False),
+        ("on", "cuda", "int8", True),
+        ("on", "cpu", "none", True),
+        ("off", "cuda", "none", False),
+    ],
+)
+def test_compile_auto_rule(setting: str, device: str, quant: str, compiled: bool) -> None:
+    assert compile_blocks_for(setting, device, quant) is compiled
 
 
 def test_compile_setting_refuses_other_values(assets: dict[str, Path]) -> None:

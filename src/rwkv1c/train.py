@@ -387,8 +387,18 @@ def build_model(spec: RunSpec, device: Any, precision: str) -> tuple[RWKV7, list
         extra=cfg.train_extra,
     )
     model.gradient_checkpointing = cfg.grad_ckpt
-    model.compile_blocks = cfg.compile == "on" or (cfg.compile == "auto" and spec.device == "cuda")
+    model.compile_blocks = compile_blocks_for(cfg.compile, spec.device, cfg.quant)
     return model.train(), extra
+
+
+def compile_blocks_for(setting: str, device: str, quant: str) -> bool:
+    """Whether COMPILE=`setting` sends the blocks through torch.compile: `auto` does on a GPU, except with
+    int8 layers, whose quantisation has data-dependent shapes: the graph breaks at every layer, and the
+    compile of those fragments (minutes on the first step, again when validation flips grad mode) costs
+    more than the fusion saves."""
+    if setting == "auto":
+        return device == "cuda" and quant != "int8"
+    return setting == "on"
 
 
 def lr_at(step: int, cfg: TrainConfig, total: int) -> float:

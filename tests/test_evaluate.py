@@ -181,7 +181,7 @@ def test_bad_arguments_are_reported_together(tmp_path: Path) -> None:
             completions=-1,
         )
     message = str(err.value)
-    for part in ("model file not found", "adapter folder without", "data file not found", "--completions"):
+    for part in ("model file not found", "adapter folder not found", "data file not found", "--completions"):
         assert part in message
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(UserError, match="is a file; pass the folder that holds it"):

@@ -91,9 +91,7 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / CONFIG
     if folder.is_file():
-        raise UserError(
-            f"{folder} is a file, but an adapter is a folder", hint=f"pass the folder that holds it: {folder.parent}"
-        )
+        raise UserError(f"{folder} is a file; pass the folder that holds it", hint=f"--adapter {folder.parent}")
     if not folder.is_dir():
         raise UserError(f"adapter folder not found: {folder}")
     if not path.is_file() or not (folder / WEIGHTS).is_file():
@@ -168,7 +166,6 @@ def load_model(
     *,
     device: Any = "cpu",
     dtype: torch.dtype | None = None,
-    force: bool = False,
 ) -> RWKV7:
     """Load a base `.pth` and, when given, apply an adapter folder on top (unmerged), in eval mode.
 
@@ -178,11 +175,11 @@ def load_model(
     from rwkv1c.model import RWKV7, ModelConfig, load_checkpoint
 
     model_path = Path(model_path)
-    sd = load_checkpoint(model_path)
     if adapter_dir is None:
-        return RWKV7.from_state_dict(sd, device=device, dtype=dtype)
-    config = read_adapter_config(Path(adapter_dir))
-    check_base(config, model_path, ModelConfig.from_state_dict(sd), force=force)
+        return RWKV7.from_state_dict(load_checkpoint(model_path), device=device, dtype=dtype)
+    config = read_adapter_config(Path(adapter_dir))  # a wrong folder fails before the slow load
+    sd = load_checkpoint(model_path)
+    check_base(config, model_path, ModelConfig.from_state_dict(sd))
     model = RWKV7.from_state_dict(sd, device="cpu", dtype=dtype)
     apply_adapter(model, Path(adapter_dir), config)
     model.to(device=device, dtype=dtype or sd["emb.weight"].dtype)  # LoRA matrices too (add_lora made them fp32)

@@ -624,26 +624,14 @@ def resolve_dtype(dtype: DType, device: str) -> torch.dtype:
 
 def load_model(model: Path, adapter: Path | None, *, device: str, dtype: torch.dtype) -> RWKV7:
     """A base / merged `.pth`, or a base with an adapter folder applied unmerged (`rwkv1c.adapter`)."""
-    problems = []
     if not Path(model).is_file():
-        problems.append(f"model file not found: {model}")
-    if adapter is not None and Path(adapter).is_file():
-        problems.append(f"--adapter {adapter} is a file; pass the folder that holds it: {Path(adapter).parent}")
-    elif adapter is not None and not Path(adapter).is_dir():
-        problems.append(f"adapter folder not found: {adapter}")
-    if problems:
-        raise UserError("; ".join(problems))
+        raise UserError(f"model file not found: {model}")
     if adapter is None:
         from rwkv1c.model import RWKV7
 
         return RWKV7.from_pth(model, device=device, dtype=dtype)
-    try:
-        from rwkv1c.adapter import load_model as load_with_adapter
-    except ImportError:
-        raise UserError(
-            "--adapter needs rwkv1c.adapter, which this installation lacks",
-            hint="merge the adapter with `rwkv1c merge` and pass the merged .pth as --model",
-        ) from None
+    from rwkv1c.adapter import load_model as load_with_adapter
+
     return load_with_adapter(model, adapter, device=device, dtype=dtype)
 
 

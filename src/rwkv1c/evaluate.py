@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rwkv1c import bsl
-from rwkv1c.errors import raise_all
+from rwkv1c.adapter import read_adapter_config
+from rwkv1c.errors import UserError, raise_all
 from rwkv1c.fsutil import atomic_open, atomic_path, write_json
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -331,10 +332,10 @@ def setup(
         if not Path(m).is_file():
             problems.append(f"model file not found: {m}")
     for a in adapter:
-        if Path(a).is_file():
-            problems.append(f"--adapter {a} is a file; pass the folder that holds it: {Path(a).parent}")
-        elif not (Path(a) / "adapter_config.json").is_file():
-            problems.append(f"adapter folder without adapter_config.json: {a}")
+        try:
+            read_adapter_config(Path(a))
+        except UserError as exc:
+            problems.append(str(exc))
     if not data.is_file():
         problems.append(f"data file not found: {data}")
     if tasks is not None and not tasks.is_file():

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rwkv1c.errors import UserError
+from rwkv1c.errors import UserError, raise_all
 
 if TYPE_CHECKING:
     import torch
@@ -59,8 +59,7 @@ def merge_state_dict(
     stray = sorted(set(tensors) - used)
     if stray:
         problems.append(f"{len(stray)} adapter tensors fit nothing (e.g. {stray[0]})")
-    if problems:
-        raise UserError("the adapter does not fit this base:\n" + "\n".join(f"  - {p}" for p in problems[:8]))
+    raise_all(problems[:8], "the adapter does not fit this base")
     bad = [k for k in out if out[k] is not sd[k] and not torch.isfinite(out[k]).all()]
     if bad:
         raise UserError(
@@ -103,8 +102,7 @@ def merge(
         problems.append(f"{output} already exists (pass --overwrite to replace it)")
     if output.resolve() == model.resolve():
         problems.append("--output is the base checkpoint itself; write the merged model to another file")
-    if problems:
-        raise UserError("cannot merge:\n" + "\n".join(f"  - {p}" for p in problems))
+    raise_all(problems, "cannot merge")
     config = read_adapter_config(adapter)
     sd = load_checkpoint(model)
     check_base(config, model, ModelConfig.from_state_dict(sd), force=force)

@@ -184,7 +184,6 @@ class TimeMix(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
         super().__init__()
         C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
-        self.layer_id = layer_id
         self.n_head, self.head_size = H, N
         for name in ATT_VECTORS:
             if name == "v0" and layer_id == 0:

@@ -3,6 +3,7 @@ resume is exact, the run folder is complete, and bad requests fail with one clea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -194,6 +195,22 @@ def test_resume_after_ctrl_c_or_kill_equals_an_uninterrupted_run(assets: dict[st
         a, b = adapter_of(whole.run_dir), adapter_of(spec.run_dir)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
         assert losses(spec.run_dir) == losses(whole.run_dir), name
+
+
+def test_resume_takes_every_setting_back_as_text_and_refuses_real_changes(assets: dict[str, Path]) -> None:
+    """Each torchrun process gets every setting as `--override KEY=text` (lists comma-joined): on --resume
+    those equal the saved values; a resumable change applies, any other is refused."""
+    spec = start(assets, "resume-text", max_steps=2, save_every=1)
+    fit(spec)
+    as_text = {
+        f.name.upper(): ",".join(map(str, v)) if isinstance(v := getattr(spec.cfg, f.name), tuple) else str(v)
+        for f in dataclasses.fields(spec.cfg)
+    }
+    again = dict(model=None, data=None, profile=None, preset=None, runs_dir=assets["root"] / "runs", resume=True)
+    resumed = setup(run="resume-text", overrides={**as_text, "LR": "0.03", "MAX_STEPS": "4"}, **again)
+    assert resumed.cfg == dataclasses.replace(spec.cfg, max_steps=4)
+    with pytest.raises(UserError, match="cannot change: lora_r, lr"):
+        setup(run="resume-text", overrides={"LR": "1e-3", "LORA_R": 4}, **again)
 
 
 def test_packed_window_loss_equals_documents_run_alone(assets: dict[str, Path]) -> None:

@@ -25,13 +25,13 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rwkv1c.config import TrainConfig
-from rwkv1c.errors import UserError
+from rwkv1c.errors import UserError, raise_all
 from rwkv1c.plan import CE_CHUNK  # positions per cross-entropy chunk (the memory plan counts the same)
 
 if TYPE_CHECKING:
@@ -125,11 +125,12 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+def config_from_dict(values: dict[str, Any], overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """A saved run's settings (config.json), optionally with overrides on top, parsed as any settings are."""
     from rwkv1c.config import from_mapping
 
     fixed = {k.upper(): tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return from_mapping(TrainConfig, fixed, origin="saved run config")
+    return from_mapping(TrainConfig, fixed, overrides or {}, origin="saved run config")
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -228,18 +229,15 @@ def setup(
     cfg = None
     try:
         if saved is not None:
-            cfg = config_from_dict(saved["train"])
-            changed = {k.lower() for k, v in overrides.items() if str(getattr(cfg, k.lower(), None)) != str(v)}
+            # compared as parsed values: "1e-4" equals 0.0001, and "a,b" a list setting ("a", "b")
+            old_cfg, cfg = config_from_dict(saved["train"]), config_from_dict(saved["train"], overrides)
+            changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(old_cfg, f.name)}
             fixed = sorted(changed - RESUMABLE)
             if fixed:
                 problems.append(
                     f"--resume continues the saved settings; these cannot change: {', '.join(fixed)} "
                     f"(only {', '.join(sorted(RESUMABLE))} can)"
                 )
-            cfg = dataclasses.replace(cfg, **{k.lower(): v for k, v in overrides.items() if k.lower() in RESUMABLE})
-            from rwkv1c.config import from_mapping
-
-            cfg = from_mapping(TrainConfig, {k.upper(): v for k, v in dataclasses.asdict(cfg).items()})
         else:
             if preset is None and model_config is not None:
                 preset = preset_for(model_config.n_layer, model_config.n_embd, root)
@@ -250,8 +248,7 @@ def setup(
         problems.append(f"VAL_DATA={cfg.val_data}: not found")
     if saved is not None and int(saved.get("devices", 1)) != n_dev:
         problems.append(f"--resume: the run was trained on {saved.get('devices')} device(s), not {n_dev}")
-    if problems:
-        raise UserError("cannot start training:\n" + "\n".join(f"  - {p}" for p in problems))
+    raise_all(problems, "cannot start training")
     assert model is not None and data is not None and cfg is not None
     return RunSpec(
         model=Path(model).resolve(),

@@ -213,6 +213,31 @@ def test_resume_takes_every_setting_back_as_text_and_refuses_real_changes(assets
         setup(run="resume-text", overrides={"LR": "1e-3", "LORA_R": 4}, **again)
 
 
+def test_several_processes_vote_on_stopping_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several processes every one joins the stop vote at the same steps, whatever its own flag (a rank
+    that skipped the collective would leave the others waiting forever); between votes nobody stops."""
+    import rwkv1c.train as t
+    from rwkv1c.distributed import DistInfo
+
+    votes: list[tuple[int, float]] = []
+    step_now = 0
+
+    def other_rank_says_no(dist: DistInfo, values: list[float]) -> list[float]:
+        votes.append((step_now, values[0]))
+        return [values[0] + 0.0]
+
+    monkeypatch.setattr(t, "distributed_sum", other_rank_says_no)
+    flag, two = t.StopFlag(), DistInfo(rank=1, world=2)
+    decisions = []
+    for step_now in range(1, 10):
+        flag.requested = step_now >= 5
+        decisions.append(flag.agreed(step_now, 3, two))
+    assert [s for s, _ in votes] == [3, 6, 9] and [v for _, v in votes] == [0.0, 1.0, 1.0]
+    assert decisions == [False] * 5 + [True, False, False, True]
+    flag.requested = True
+    assert flag.agreed(7, 3, DistInfo()) is True  # one process stops at once
+
+
 def test_packed_window_loss_equals_documents_run_alone(assets: dict[str, Path]) -> None:
     from rwkv1c.data import InMemoryDocuments, PackedStream
 

@@ -133,10 +133,14 @@ def config_from_dict(values: dict[str, Any], overrides: Mapping[str, Any] | None
     return from_mapping(TrainConfig, fixed, overrides or {}, origin="saved run config")
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint folder (a half-written one is never renamed into place)."""
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoint folders, oldest first (a half-written one is never renamed into place)."""
     folder = run_dir / "checkpoints"
-    done = sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer.pt").is_file())
+    return sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer.pt").is_file())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
     return done[-1] if done else None
 
 
@@ -275,13 +279,6 @@ def _data_exists(path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------- model + loss
 
 
-def hidden_states(model: RWKV7, tokens: torch.Tensor, reset: torch.Tensor, grad_ckpt: bool) -> torch.Tensor:
-    """The final normalised hidden states (B, T, C): RWKV7.forward without the head (see CausalLMLoss)."""
-    model.gradient_checkpointing = grad_ckpt
-    h, _ = model(tokens, reset=reset, need_state=False, return_hidden=True)
-    return h
-
-
 def _ce_sum(h: torch.Tensor, head: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
 
@@ -327,11 +324,13 @@ def build_loss_module(model: RWKV7, grad_ckpt: bool) -> nn.Module:
 
     The head and cross-entropy run over trained positions only, CE_CHUNK at a time, and no chunk's
     logits are kept for the backward pass: the (T, V) fp32 logits are never all alive (1 GiB per
-    4096-token window at vocabulary 65536).
+    4096-token window at vocabulary 65536). `grad_ckpt` recomputes each block in the backward pass.
     """
     import torch
     from torch import nn
     from torch.utils.checkpoint import checkpoint
+
+    model.gradient_checkpointing = grad_ckpt
 
     class CausalLMLoss(nn.Module):
         def __init__(self) -> None:
@@ -341,7 +340,8 @@ def build_loss_module(model: RWKV7, grad_ckpt: bool) -> nn.Module:
         def forward(
             self, tokens: torch.Tensor, reset: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor
         ) -> torch.Tensor:
-            h = hidden_states(self.model, tokens, reset, grad_ckpt)  # (B, T, C)
+            # the final normalised hidden states (B, T, C): the model without its head
+            h, _ = self.model(tokens, reset=reset, need_state=False, return_hidden=True)
             head = self.model.head.weight
             idx = weight.reshape(-1).nonzero().squeeze(-1)
             if idx.numel() == 0:  # nothing trains here; keep every parameter in the graph (DDP)
@@ -383,7 +383,6 @@ def build_model(spec: RunSpec, device: Any, precision: str) -> tuple[RWKV7, list
         targets=cfg.lora_targets,
         extra=cfg.train_extra,
     )
-    model.gradient_checkpointing = cfg.grad_ckpt
     model.compile_blocks = compile_blocks_for(cfg.compile, spec.device, cfg.quant)
     return model.train(), extra
 
@@ -535,20 +534,22 @@ def save_checkpoint(
             + (f"the previous checkpoint {prev.name} is intact" if prev else "no earlier checkpoint exists"),
             hint="free disk space (or move runs/ with RUNS_DIR in configs/workspace.env), then rerun with --resume",
         ) from None
-    done = sorted(p for p in folder.glob(f"{CHECKPOINT_PREFIX}*") if (p / "trainer.pt").is_file())
+    done = complete_checkpoints(run_dir)
     for old in done[: max(0, len(done) - max(keep, 1))]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def publish_adapter(run_dir: Path, tensors: dict[str, torch.Tensor], adapter_cfg: dict[str, Any]) -> Path:
-    """runs/NAME/adapter/, replaced as a whole only when the new one is complete."""
-    from rwkv1c.adapter import save_adapter
+def publish_adapter(run_dir: Path, checkpoint: Path) -> Path:
+    """runs/NAME/adapter/: the adapter of the final checkpoint, replaced as a whole only when complete."""
+    from rwkv1c.adapter import CONFIG, WEIGHTS
 
     final, tmp, old = run_dir / "adapter", run_dir / ".tmp-adapter", run_dir / ".old-adapter"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_adapter(tmp, tensors, adapter_cfg)
+        tmp.mkdir()
+        for name in (WEIGHTS, CONFIG):
+            shutil.copyfile(checkpoint / name, tmp / name)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
@@ -574,6 +575,14 @@ class StopFlag:
             raise KeyboardInterrupt
         self.requested = True
         print("\nstopping after this step to save a checkpoint (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def agreed(self, step: int, every: int, dist: DistInfo) -> bool:
+        """Whether the run stops after `step`. One process reads its own flag; several decide together at
+        every `every`-th step only (a collective each step would make the host wait for the GPU every step),
+        and each takes part in that vote whatever its own flag says, so none waits for one that has left."""
+        if dist.world == 1:
+            return self.requested
+        return step % every == 0 and distributed_sum(dist, [float(self.requested)])[0] > 0
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopFlag]:
@@ -804,9 +813,11 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
                 "data_signature": [len(train_docs), plan.windows_per_epoch],
             }
 
-        def checkpoint(step: int) -> None:
+        def checkpoint(step: int) -> Path | None:
+            """Save step `step` (every rank takes part); the folder on the main process, None elsewhere."""
             state = trainer_state(step)  # every rank takes part (RNG gather)
             error: UserError | None = None
+            path = None
             if dist.is_main:
                 try:
                     path = save_checkpoint(
@@ -826,6 +837,7 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
                 raise error
             if failed:
                 raise UserError("the main process could not write a checkpoint; see its message")
+            return path
 
         # --- train: a progress bar on a terminal, one line per logged step otherwise (logs, CI)
         if dist.is_main and sys.stderr.isatty():
@@ -907,7 +919,7 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
                         checkpoint(step)
                     if on_step is not None:
                         on_step(step)
-                    if stop.requested or (dist.world > 1 and distributed_sum(dist, [float(stop.requested)])[0] > 0):
+                    if stop.agreed(step, cfg.log_every, dist):
                         checkpoint(step)
                         log.info(f"stopped at step {step}; continue with --resume (same --run)")
                         raise KeyboardInterrupt
@@ -915,7 +927,7 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
             raise out_of_memory(exc, dist.device, step + 1, spec) from None
 
         # --- finish: a last checkpoint (so the run can be extended) and the adapter
-        checkpoint(step)
+        last = checkpoint(step)
         result: dict[str, Any] = {
             "run_dir": str(run_dir),
             "steps": step,
@@ -923,9 +935,8 @@ def _fit(spec: RunSpec, dist: DistInfo, on_step: Callable[[int], None] | None) -
             "last_loss": last_loss,
             "val_loss": last_val,
         }
-        if dist.is_main:
-            adapter_dir = publish_adapter(run_dir, adapter_tensors(model, extra_keys), adapter_meta(step))
-            plot_metrics(log.metrics_path, run_dir / "loss.png")
+        if last is not None:
+            adapter_dir = publish_adapter(run_dir, last)
             result["adapter"] = str(adapter_dir)
             log.info(f"done: {step} steps; adapter in {adapter_dir}")
         result["model"] = model  # for callers in this process (tests); the CLI prints the paths

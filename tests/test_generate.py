@@ -96,6 +96,8 @@ def test_bad_arguments_are_reported_together(tiny_pth: Path, tmp_path: Path) -> 
     (tmp_path / "adapter_config.json").write_text("{}")
     with pytest.raises(UserError, match="is a file; pass the folder that holds it"):
         generate(model=tiny_pth, adapter=tmp_path / "adapter_config.json", prompt="x")
+    with pytest.raises(UserError, match="drop --no-blank-line-stop"):  # a chat reply always ends at its turn end
+        generate(model=tiny_pth, prompt="x", chat=True, blank_line_stop=False)
 
 
 def test_cli_error_is_one_paragraph(tmp_path: Path) -> None:

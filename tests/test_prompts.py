@@ -7,7 +7,6 @@ import itertools
 import pytest
 
 from rwkv1c.prompts import (
-    STOP_STRINGS,
     TURN_SEPARATOR,
     clean_user_text,
     render_messages,
@@ -105,7 +104,11 @@ def test_training_tokens_match_inference_tokens() -> None:
 def test_a_stop_string_marks_the_end_of_an_answer() -> None:
     text = "".join(t for t, _ in render_messages(CONVERSATION))
     first_answer_end = text.index(" ТекущаяДата()") + len(" ТекущаяДата()")
-    assert any(text.startswith(stop, first_answer_end) for stop in STOP_STRINGS)
+    from rwkv1c.generate import chat_stops
+    from rwkv1c.sampling import SamplingParams
+
+    stops = chat_stops(SamplingParams(stop_at_blank_line=False)).stop_strings
+    assert any(text.startswith(stop, first_answer_end) for stop in stops)
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,9 @@
 """`rwkv1c chat`: an interactive chat in the RWKV chat format, the history kept as the recurrent state.
 
 Each turn feeds only the new text: "User: <text>\\n\\nAssistant:" (blank lines inside the user text
-collapsed, no trailing space), then the reply is generated until token 0 or "\\n\\nUser:" (replies
-keep their blank lines: code needs them). The state after " <reply>\\n\\n" is the whole
-conversation so far; it is never re-read. Commands: /reset, /save [FILE],
+collapsed, no trailing space), then the reply is generated until token 0 or the turn's end, a blank
+line (the chat format collapses blank lines inside a turn, answers included). The state after
+" <reply>\\n\\n" is the whole conversation so far; it is never re-read. Commands: /reset, /save [FILE],
 /help, /quit. A line holding only \"\"\" starts or ends a multi-line message (for pasted code).
 """
 
@@ -162,7 +162,6 @@ def chat(
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
     penalty_decay: float = 0.996,
-    blank_line_stop: bool = True,
     seed: int | None = None,
     device: Device = "auto",
     dtype: DType = "auto",
@@ -184,7 +183,6 @@ def chat(
         presence_penalty: subtracted from the logit of every token already in the reply.
         frequency_penalty: subtracted per (decayed) occurrence in the reply; spaces and digits are exempt.
         penalty_decay: each step multiplies the occurrence counts by this.
-        blank_line_stop: end a reply at its first blank line (how RWKV chat models end a turn).
         seed: makes the replies reproducible.
         device: where to run: auto (CUDA when available), cpu or cuda.
         dtype: weights' precision: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.
@@ -200,7 +198,7 @@ def chat(
         frequency_penalty=frequency_penalty,
         penalty_decay=penalty_decay,
         stop=None,
-        blank_line_stop=blank_line_stop,
+        blank_line_stop=True,  # the chat format's turn end
         seed=seed,
     )
     if max_tokens < 1:

@@ -247,13 +247,11 @@ def generate_answers(
 ) -> list[tuple[str, int, str]]:
     """Greedy answers (text, new tokens, finish reason) through `rwkv1c.engine.Engine`."""
     from rwkv1c.engine import Engine
-    from rwkv1c.prompts import STOP_STRINGS
     from rwkv1c.sampling import SamplingParams
 
     engine = Engine(model, tokenizer, max_batch=batch_size, prefix_cache_mb=0)
-    params = SamplingParams(
-        max_tokens=max_new_tokens, temperature=0.0, stop=STOP_STRINGS, stop_at_blank_line=False, seed=seed
-    )
+    # an answer ends at the chat format's turn end, a blank line
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop_at_blank_line=True, seed=seed)
     out = engine.generate(list(prompts), params)
     return [(c.text, len(c.token_ids), c.finish_reason) for c in out]
 

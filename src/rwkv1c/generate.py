@@ -144,12 +144,10 @@ def format_prompt(text: str, chat: bool) -> str:
 
 
 def chat_stops(params: SamplingParams) -> SamplingParams:
-    """The chat format's turn end (`rwkv1c.prompts.STOP_STRINGS`, a blank line) added to the stop strings."""
+    """`params` ending a reply at the chat format's turn end, a blank line, whatever they said before."""
     import dataclasses
 
-    from rwkv1c.prompts import STOP_STRINGS
-
-    return dataclasses.replace(params, stop=tuple(dict.fromkeys((*params.stop, *STOP_STRINGS))))
+    return dataclasses.replace(params, stop_at_blank_line=True)
 
 
 def stream_one(engine: Engine, text: str, params: SamplingParams, out: IO[str]) -> Any:
@@ -240,6 +238,8 @@ def generate(
         problems.append("give exactly one of --prompt TEXT or --prompts FILE.jsonl")
     if batch_size < 1:
         problems.append(f"--batch-size must be >= 1, got {batch_size}")
+    if chat and not blank_line_stop:
+        problems.append("--chat ends every reply at the turn's end, a blank line: drop --no-blank-line-stop")
     if problems:
         raise UserError("; ".join(problems))
     params = make_params(

@@ -20,9 +20,7 @@ from typing import Any, Literal
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 PREFIX: dict[str, str] = {"system": "System:", "user": "User:", "assistant": "Assistant:"}
-TURN_SEPARATOR = "\n\n"
-# Text after which generation should stop (besides the end-of-document token).
-STOP_STRINGS: tuple[str, ...] = ("\n\n",)
+TURN_SEPARATOR = "\n\n"  # ends every turn: generation in this format stops there (and at token 0)
 
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 

@@ -25,10 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from rwkv1c.prompts import TURN_SEPARATOR
+
 if TYPE_CHECKING:
     import torch
 
-BLANK_LINE = "\n\n"  # the RWKV chat format ends every turn with a blank line
+BLANK_LINE = TURN_SEPARATOR  # the RWKV chat format ends every turn with a blank line
 END_OF_TEXT = 0  # token 0 ends a document
 FREQUENCY_EXEMPT = " \t0123456789"  # a token whose text is a substring of this is not counted
 

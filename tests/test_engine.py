@@ -265,3 +265,19 @@ def test_adapter_unmerged_equals_merged(tmp_path: Path, tiny_pth: Path) -> None:
     want = [c.token_ids for c in merged.generate(prompts, params)]
     assert [c.token_ids for c in unmerged.generate(prompts, params)] == want
     assert [c.token_ids for c in base.generate(prompts, params)] != want  # the adapter matters
+
+
+def test_no_decode_step_runs_for_rows_that_all_finished(model: RWKV7) -> None:
+    """When the last row finishes, nothing is pending: the next request does not start with an empty step."""
+    eng = engine(model)
+    inner, rows_per_step = eng.decoder, []
+
+    def counting(tokens: torch.Tensor, slots: object, n: int) -> torch.Tensor:
+        rows_per_step.append(n)
+        return inner(tokens, slots, n)  # type: ignore[arg-type]
+
+    eng.decoder = counting  # type: ignore[assignment]
+    params = SamplingParams(max_tokens=3, temperature=0.0, stop_at_blank_line=False)
+    for _ in range(2):
+        eng.generate([[5, 6, 7]], params)
+    assert rows_per_step and 0 not in rows_per_step

@@ -216,7 +216,6 @@ class Engine:
         self._penalties: Any = None
         self._row_params: tuple[torch.Tensor, ...] | None = None
         self._next: torch.Tensor | None = None  # tokens to feed rows 0..n-1 (None: rows were just admitted)
-        self.stats = collections.Counter[str]()
 
     # ------------------------------------------------------------------ public API
 
@@ -304,17 +303,10 @@ class Engine:
                 return cached.clone(), logits.clone()
             if hit:
                 state, ids = cached, ids[hit:]
-        st = state.clone() if state is not None else None
         assert ids, "nothing to prefill"
-        with torch.inference_mode():
-            logits = None
-            chunk = self.prefill_tokens
-            for lo in range(0, len(ids), chunk):
-                x = torch.tensor([ids[lo : lo + chunk]], device=self.device)
-                out, st = self.model(x, st, last_only=True)
-                logits = out[0, -1].float()
-        assert st is not None and logits is not None
-        return st, logits
+        with torch.inference_mode():  # the model never writes into `state` (a cached one stays intact)
+            st, logits = self._run(torch.tensor([ids], device=self.device), state)
+        return st, logits[0]
 
     def share_prefix(self, prompts: Sequence[Sequence[int]]) -> int:
         """Prefill and cache the longest common prefix of the prompts (if long enough); its length."""
@@ -341,13 +333,9 @@ class Engine:
         with torch.inference_mode():
             self._drop_cancelled()
             if self._next is not None:  # run last step's tokens through the model (rows 0..n-1)
-                t0 = time.perf_counter()
                 n = len(self.rows)
                 self.logits[:n].copy_(self.decoder(self._next, self.slots, n))
                 self._next = None
-                self.stats["decode_steps"] += 1
-                self.stats["decode_rows"] += n
-                self.stats["decode_ns"] += int((time.perf_counter() - t0) * 1e9)
             self._admit()
             if not self.rows:
                 return
@@ -381,7 +369,7 @@ class Engine:
         else:
             u = torch.tensor([r.rng.random() for r in self.rows], device=self.device)  # type: ignore[union-attr]
             out = sample(logits, temp, top_p, top_k, u)
-        if use_pen or self._penalties is not None:
+        if use_pen:  # a row admitted later starts with cleared counts
             self._penalty_book().update(out, decay)
         self._next = out
         return out.tolist()  # type: ignore[no-any-return]
@@ -402,7 +390,6 @@ class Engine:
                 finished.append((i, "stop"))
             elif len(r.generated) >= r.params.max_tokens:
                 finished.append((i, "length"))
-        self.stats["tokens"] += len(tokens)
         for i, reason in finished:
             self._finish(self.rows[i], reason, i)
         if finished:
@@ -439,7 +426,8 @@ class Engine:
             order.pop()
             self.rows.pop()
         if next_tokens is not None:
-            self._next = next_tokens[torch.tensor(order, dtype=torch.long, device=next_tokens.device)]
+            keep = torch.tensor(order, dtype=torch.long, device=next_tokens.device)
+            self._next = next_tokens[keep] if order else None  # no rows left: no decode step pending
         self._row_params = None
 
     # ------------------------------------------------------------------ admission and prefill
@@ -475,7 +463,6 @@ class Engine:
 
         from rwkv1c.model import RWKVState
 
-        t0 = time.perf_counter()
         results: list[tuple[RWKVState, torch.Tensor] | None] = [None] * len(new)
         fresh: dict[tuple[int, ...], list[int]] = {}  # zero-start prompts (deduplicated) -> request indices
         continued: list[tuple[int, RWKVState, list[int]]] = []  # (index, start state, remaining ids)
@@ -526,8 +513,6 @@ class Engine:
                         self.cache.put(r.prompt_ids, st, lg)
                     results[i] = (st, lg)
         assert all(x is not None for x in results)
-        self.stats["prefill_ns"] += int((time.perf_counter() - t0) * 1e9)
-        self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in new)
         done = [x for x in results if x is not None]
         return RWKVState.cat([s for s, _ in done]), torch.stack([lg for _, lg in done])
 

@@ -170,3 +170,18 @@ def test_jsonl_read_directly_equals_the_prepared_binidx(tmp_path: Path) -> None:
     w = PackedStream(from_jsonl, np.array([1]), ctx_len=64).window(0)
     trained = w.targets[0][w.weight[0] > 0].tolist()
     assert trained[-1] == EOD and get_tokenizer().decode(trained[:-1]) == " Результат = А + Б;"
+
+
+def test_lengths_come_from_the_index_and_match_the_tokens(tmp_path: Path) -> None:
+    """Document lengths (EOD appended where missing) without reading tokens; too short documents are dropped."""
+    from rwkv1c.binidx import BinIdxWriter
+
+    raw = [[5, 6, 7], [8, 0], [], [9], [0], [3, 4, 5, 6, 0]]
+    with BinIdxWriter(tmp_path / "d") as w:
+        for doc in raw:
+            w.add(doc)
+    docs = open_documents(tmp_path / "d")
+    assert isinstance(docs, Subset) and docs.indices.tolist() == [0, 1, 3, 5]  # [] and [0] hold no target
+    assert docs.lengths().tolist() == [len(docs.tokens(i)) for i in range(len(docs))] == [4, 2, 2, 5]
+    stream = PackedStream(docs, np.array([3, 0]), ctx_len=4)
+    assert stream.starts.tolist() == [0, 5, 9]

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from rwkv1c.errors import UserError
+from rwkv1c.errors import UserError, raise_all
 
 EOD = 0  # end-of-document token
 
@@ -39,6 +39,10 @@ class Documents(Protocol):
     def tokens(self, i: int) -> np.ndarray: ...
 
     def mask(self, i: int) -> np.ndarray | None: ...
+
+    def lengths(self) -> np.ndarray:
+        """len(tokens(i)) of every document (int64), without reading the tokens."""
+        ...
 
 
 @dataclass
@@ -56,6 +60,9 @@ class InMemoryDocuments:
 
     def mask(self, i: int) -> np.ndarray | None:
         return self.masks[i]
+
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(d) for d in self.docs), dtype=np.int64, count=len(self.docs))
 
     @classmethod
     def from_lists(
@@ -96,6 +103,14 @@ class BinIdxDocuments:
         tokens = np.asarray(self.reader.tokens(i), dtype=np.int64)
         return _with_eod(tokens, None)[0]
 
+    def lengths(self) -> np.ndarray:
+        r = self.reader
+        sizes = r.sizes.astype(np.int64)
+        ends_with_eod = np.zeros(len(sizes), dtype=bool)
+        some = sizes > 0
+        ends_with_eod[some] = r.data[r.pointers[some] // 2 + sizes[some] - 1] == EOD
+        return sizes + ~ends_with_eod  # EOD is appended where missing
+
     def mask(self, i: int) -> np.ndarray | None:
         m = self.reader.mask(i)
         if m is None:
@@ -119,6 +134,9 @@ class Subset:
     def mask(self, i: int) -> np.ndarray | None:
         return self.base.mask(int(self.indices[i]))
 
+    def lengths(self) -> np.ndarray:
+        return self.base.lengths()[self.indices]
+
 
 # ---------------------------------------------------------------------------------------------- reading
 
@@ -132,10 +150,8 @@ def read_jsonl(path: Path) -> InMemoryDocuments:
         shown = [f"{path}:{line}: {reason}" for line, reason in result.errors[:5]]
         if len(result.errors) > 5:
             shown.append(f"... and {len(result.errors) - 5} more")
-        raise UserError(
-            "unreadable training rows:\n" + "\n".join(f"  - {p}" for p in shown),
-            hint="fix them, or run `rwkv1c prepare --skip-bad` and train on its output",
-        )
+        hint = "fix them, or run `rwkv1c prepare --skip-bad` and train on its output"
+        raise_all(shown, "unreadable training rows", hint=hint)
     spans = list(itertools.pairwise([0, *np.cumsum(result.sizes).tolist()]))
     docs = [result.tokens[a:b].astype(np.int64) for a, b in spans]
     if result.mask is None:
@@ -176,11 +192,11 @@ def open_documents(path: Path) -> Documents:
                 hint="run `rwkv1c prepare INPUT.jsonl --output PREFIX` first, or pass a .jsonl file",
             )
         docs = BinIdxDocuments(prefix)
-    usable = [i for i in range(len(docs)) if len(docs.tokens(i)) > 1]
-    if not usable:
+    usable = np.flatnonzero(docs.lengths() > 1)
+    if not len(usable):
         raise UserError(f"the training data {path} holds no documents")
     if len(usable) < len(docs):
-        docs = Subset(docs, np.asarray(usable, dtype=np.int64))
+        docs = Subset(docs, usable.astype(np.int64))
     return docs
 
 
@@ -219,8 +235,7 @@ class PackedStream:
 
     def __init__(self, docs: Documents, order: np.ndarray, ctx_len: int) -> None:
         self.docs, self.order, self.ctx_len = docs, np.asarray(order, dtype=np.int64), ctx_len
-        lengths = np.fromiter((len(docs.tokens(int(i))) for i in self.order), dtype=np.int64, count=len(self.order))
-        self.starts = np.concatenate([[0], np.cumsum(lengths)])  # stream offset of every document
+        self.starts = np.concatenate([[0], np.cumsum(docs.lengths()[self.order])])  # stream offset of every document
         self.total = int(self.starts[-1])
 
     def __len__(self) -> int:

@@ -147,3 +147,10 @@ def test_fla_wrapper_segments_and_states(monkeypatch: pytest.MonkeyPatch) -> Non
     seg = varlen_segments(reset)
     assert seg.cu_seqlens.tolist() == [0, 11, 30, 35, 36, 59, 60, 90] and seg.count == 7
     assert seg.first.tolist() == [0, 2, 6] and seg.last.tolist() == [1, 5, 6]
+
+
+def test_auto_resolves_once_to_a_concrete_kernel() -> None:
+    from rwkv1c.wkv import resolve_impl
+
+    assert resolve_impl("auto", False, 5) == "chunked" and resolve_impl("auto", False, 1) == "reference"
+    assert resolve_impl("reference", True, 5) == "reference" and resolve_impl("fla", False, 5) == "fla"

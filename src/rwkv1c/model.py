@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rwkv1c.errors import UserError
-from rwkv1c.wkv import Segments, WkvImpl, varlen_segments, wkv
+from rwkv1c.wkv import Segments, WkvImpl, resolve_impl, varlen_segments, wkv
 
 HEAD_SIZE = 64  # every released RWKV-7 uses 64; kernels and the GroupNorm eps assume it
 LN_X_EPS = 64e-5  # GroupNorm eps of ln_x: 1e-5 * 8**2, not the usual 1e-5
@@ -361,11 +361,12 @@ class RWKV7(nn.Module):
             raise ValueError(f"tokens must be (B, T), got shape {tuple(tokens.shape)}")
         x = _norm(self.blocks[0].ln0, self.emb(tokens))  # type: ignore[arg-type]
         v_first: torch.Tensor | None = None
+        impl = resolve_impl(self.wkv_impl, tokens.is_cuda, tokens.shape[1])  # once for every layer
         # document boundaries in the fla kernel's varlen form, built once and shared by every layer
-        segments = varlen_segments(reset) if reset is not None and tokens.is_cuda else None
+        segments = varlen_segments(reset) if reset is not None and impl == "fla" else None
         shifts_att, shifts_ffn, wkv_states = [], [], []
         for block in self.blocks:
-            args = (x, v_first, state, reset, self.wkv_impl, segments, self.compile_blocks)
+            args = (x, v_first, state, reset, impl, segments, self.compile_blocks)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x, v_first, (sa, sf, sw) = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:

@@ -22,6 +22,7 @@ and the final state (B, H, N, N) in fp32.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -231,8 +232,9 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return half[0] if half else tensors[0].dtype
 
 
+@functools.cache
 def fla_available() -> bool:
-    """True when the Triton kernel can run here (CUDA device and `fla` importable)."""
+    """True when the Triton kernel can run here (CUDA device and `fla` importable); checked once, when asked."""
     if not torch.cuda.is_available():
         return False
     try:
@@ -240,6 +242,15 @@ def fla_available() -> bool:
     except Exception:
         return False
     return True
+
+
+def resolve_impl(impl: WkvImpl, on_cuda: bool, T: int) -> WkvImpl:
+    """What "auto" means for T tokens here: fla on CUDA when installed, else chunked (T > 1) or reference."""
+    if impl != "auto":
+        return impl
+    if on_cuda and fla_available():
+        return "fla"
+    return "chunked" if T > 1 else "reference"
 
 
 def wkv(
@@ -258,11 +269,7 @@ def wkv(
 
     `segments` (fla only) are the precomputed varlen boundaries of `reset`.
     """
-    if impl == "auto":
-        if r.is_cuda and fla_available():
-            impl = "fla"
-        else:
-            impl = "chunked" if r.shape[1] > 1 else "reference"
+    impl = resolve_impl(impl, r.is_cuda, r.shape[1])
     if impl == "fla":
         return wkv_fla(r, log_w, k, v, a, b, state, reset, segments)
     if impl == "chunked":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -387,3 +388,15 @@ def test_a_mistyped_profile_flag_names_the_choices_and_the_flag(monkeypatch: pyt
     assert check.status == "fail"
     assert "qlora-nf5" in check.detail and "qlora-nf4" in check.detail
     assert "--profile" in (check.hint or "")
+
+
+def test_doctor_checks_the_folders_download_and_train_write_to(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Run outside the workspace, relative MODELS_DIR / RUNS_DIR mean the current folder, for every command."""
+    from rwkv1c.config import load_workspace, workspace_root
+
+    monkeypatch.setattr(d, "probe_in_child", lambda deep, timeout: {})
+    monkeypatch.chdir(tmp_path)
+    ws = load_workspace(workspace_root())
+    facts = d.gather_facts(model=None, profile=None, deep=False)
+    assert facts.paths["models"] == str((tmp_path / ws.models_dir).resolve())
+    assert facts.paths["runs"] == str((tmp_path / ws.runs_dir).resolve())

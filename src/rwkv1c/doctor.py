@@ -813,7 +813,7 @@ def gather_facts(
     *, model: str | None = None, profile: str | None = None, deep: bool = True, probe_timeout: float = 300
 ) -> Facts:
     """Read the system once. ``deep`` runs the tiny CUDA ops (Triton kernels compile on first use)."""
-    from rwkv1c.config import load_workspace, workspace_root
+    from rwkv1c.config import load_workspace, output_folder, workspace_root
     from rwkv1c.errors import UserError
 
     facts = Facts(
@@ -841,15 +841,16 @@ def gather_facts(
         facts.libcuda_copies = _libcuda_copies()
         facts.wslconfig = {p: _read(p) for p in sorted(glob.glob("/mnt/c/Users/*/.wslconfig"))[:3]}
     root = workspace_root()
-    models_dir = root / "models" / "base"
+    models_dir = output_folder(root, Path("models/base"))
     try:
         ws = load_workspace(root)
-        models_dir = (root / ws.models_dir).resolve()
+        # the folders `download`, `prepare` and `train` write to (the same rule for relative settings)
+        models_dir = output_folder(root, ws.models_dir).resolve()
         roles = {
             "workspace": root,
             "models": models_dir,
-            "data": (root / ws.data_dir).resolve(),
-            "runs": (root / ws.runs_dir).resolve(),
+            "data": output_folder(root, ws.data_dir).resolve(),
+            "runs": output_folder(root, ws.runs_dir).resolve(),
         }
         facts.needs = _needs(model or ws.model_preset, profile or ws.profile, models_dir)
     except UserError as exc:

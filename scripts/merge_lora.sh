@@ -7,7 +7,7 @@
 #   scripts/merge_lora.sh runs/bsl-v1/checkpoints/step-000400 --output step400.pth
 #   scripts/merge_lora.sh bsl-v1 --model models/base/RWKV-x070-World-1.5B-v3-20250127-ctx4096.pth
 #
-# The base defaults to the file the run was trained on (recorded in the adapter). A QLoRA adapter merges
+# The base defaults to the file the run was trained on (recorded in the adapter; `rwkv1c merge` reads it). A QLoRA adapter merges
 # into the original bf16 base (docs/training.md: the quantisation gap).
 set -euo pipefail
 
@@ -31,7 +31,7 @@ if [ -f "$target/adapter_config.json" ]; then
     adapter="$target"
     output_default="$target/merged.pth"
 else
-    runs_dir="$("$python_bin" -c 'from rwkv1c.config import load_workspace, workspace_root; r = workspace_root(); print(r / load_workspace(r).runs_dir)')"
+    runs_dir="$(rwkv1c_runs_dir)"
     adapter="$runs_dir/$target/adapter"
     output_default="$runs_dir/$target/merged.pth"
     if [ ! -f "$adapter/adapter_config.json" ]; then
@@ -40,8 +40,5 @@ else
     fi
 fi
 
-# 3. The base the adapter was trained on, as recorded in its adapter_config.json.
-model_default="$("$python_bin" -c 'import json, sys; print(json.load(open(sys.argv[1]))["training"].get("model", ""))' "$adapter/adapter_config.json")"
-
-# 4. Merge; the caller's flags come last and win.
-exec "$python_bin" -m rwkv1c merge --model "$model_default" --adapter "$adapter" --output "$output_default" "$@"
+# 3. Merge; the caller's flags come last and win.
+exec "$python_bin" -m rwkv1c merge --adapter "$adapter" --output "$output_default" "$@"

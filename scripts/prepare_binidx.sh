@@ -37,12 +37,6 @@ case "$1" in
         ;;
 esac
 
-# 3. The project's virtual environment when there is one (scripts/bootstrap.sh makes it), else python3.
-if [ -x .venv/bin/python ]; then
-    python_bin=.venv/bin/python
-else
-    python_bin=python3
-fi
-
-# 4. Tokenise; the command validates everything else and writes nothing on error.
-exec "$python_bin" -m rwkv1c prepare "$@"
+# 3. Tokenise with the project's Python; the command validates everything else and writes nothing on error.
+source scripts/lib/compose.sh
+exec "$(rwkv1c_python)" -m rwkv1c prepare "$@"

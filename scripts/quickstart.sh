@@ -13,7 +13,9 @@ SAMPLE=samples/1c-sample.jsonl
 
 # 1. Environment (idempotent).
 ./scripts/bootstrap.sh
-RWKV1C=(.venv/bin/python -m rwkv1c)
+source scripts/lib/compose.sh
+RWKV1C=("$(rwkv1c_python)" -m rwkv1c)
+RUNS=$(rwkv1c_runs_dir)  # RUNS_DIR of configs/workspace.env, where `train` writes
 
 # 2. Data: JSONL -> binidx (+ loss mask for the instruction rows).
 mkdir -p data
@@ -36,15 +38,15 @@ else
 fi
 "${RWKV1C[@]}" inspect "$BASE"
 
-# 4. LoRA training (runs/$RUN/), replacing an earlier quickstart run.
+# 4. LoRA training ($RUNS/$RUN/), replacing an earlier quickstart run.
 "${RWKV1C[@]}" train --model "$BASE" --data data/sample --profile lora-bf16 --run "$RUN" --overwrite "${TRAIN_ARGS[@]}"
 
 # 5. Merge the adapter into a standalone .pth that any RWKV runtime loads.
-"${RWKV1C[@]}" merge --model "$BASE" --adapter "runs/$RUN/adapter" --output "runs/$RUN/merged.pth" --overwrite
+"${RWKV1C[@]}" merge --model "$BASE" --adapter "$RUNS/$RUN/adapter" --output "$RUNS/$RUN/merged.pth" --overwrite
 
 # 6. Generate with the merged model.
-echo "quickstart: generating with runs/$RUN/merged.pth"
-"${RWKV1C[@]}" generate --model "runs/$RUN/merged.pth" --max-tokens 80 --temperature 0 \
+echo "quickstart: generating with $RUNS/$RUN/merged.pth"
+"${RWKV1C[@]}" generate --model "$RUNS/$RUN/merged.pth" --max-tokens 80 --temperature 0 \
   --prompt $'User: Напиши процедуру, которая выводит сообщение "Привет".\n\nAssistant:'
 echo
-echo "quickstart: done. The run is in runs/$RUN/ (metrics.jsonl, loss.png, adapter/, merged.pth)."
+echo "quickstart: done. The run is in $RUNS/$RUN/ (metrics.jsonl, loss.png, adapter/, merged.pth)."

@@ -38,12 +38,7 @@ if [ -z "$MODEL" ]; then
   exit 1
 fi
 
-# 3. the project's Python (the .venv when there is one)
-PYTHON="python3"
-if [ -x "$ROOT_DIR/.venv/bin/python" ]; then
-  PYTHON="$ROOT_DIR/.venv/bin/python"
-fi
-
-# 4. run
-exec "$PYTHON" "$ROOT_DIR/scripts/infer_albatross.py" \
+# 3. run, with the project's Python (the .venv when there is one)
+source "$ROOT_DIR/scripts/lib/compose.sh"
+exec "$(rwkv1c_python)" "$ROOT_DIR/scripts/infer_albatross.py" \
   --model "$MODEL" --prompt "$PROMPT" --tokens "$TOKENS" --batch "$BATCH" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}

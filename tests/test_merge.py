@@ -162,6 +162,10 @@ def test_refuses_bad_adapters_and_outputs(fp32_base: Path, tmp_path: Path) -> No
     with pytest.raises(UserError, match="already exists"):
         merge(model=fp32_base, adapter=tmp_path / "ad", output=tmp_path / "exists.pth")
     assert (tmp_path / "exists.pth").read_bytes() == b"keep me"
+    with pytest.raises(UserError, match="does not record its base"):  # training={}: no --model default
+        merge(adapter=tmp_path / "ad", output=tmp_path / "x.pth")
+    with pytest.raises(UserError, match="base checkpoint not found"):
+        merge(model=tmp_path / "gone.pth", adapter=tmp_path / "ad", output=tmp_path / "x.pth")
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(str(tmp_path / "ad" / "adapter_model.safetensors"))

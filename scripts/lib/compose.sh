@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared by scripts/train_*.sh: compose the workspace's defaults and run `rwkv1c train` with a profile.
+# Shared by scripts/*.sh: the project's Python, the runs folder, and (for scripts/train_*.sh) the
+# workspace's defaults composed into `rwkv1c train` with a profile.
 #
 # The settings live in configs/ and are read by rwkv1c.config (their one home); this file only turns
 # the workspace's choices into the default --model and --data, then hands every flag the caller gave to
@@ -9,15 +10,26 @@
 #   configs/model/<preset>.env CHECKPOINT (the base file), CTX_LEN and LR (read by `rwkv1c train`)
 #   configs/profile/<name>.env quantisation, LoRA rank, batch, ... (read by `rwkv1c train`)
 #
-# Source it from the repository root (the scripts cd there first).
+# Source it from the repository root (the scripts cd there first); rwkv1c_python works from anywhere.
+
+RWKV1C_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
 rwkv1c_python() {
     # The project's virtual environment when there is one (scripts/bootstrap.sh makes it), else python3.
-    if [ -x .venv/bin/python ]; then
-        echo .venv/bin/python
+    if [ -x "$RWKV1C_ROOT/.venv/bin/python" ]; then
+        echo "$RWKV1C_ROOT/.venv/bin/python"
     else
         echo python3
     fi
+}
+
+rwkv1c_runs_dir() {
+    # Where `rwkv1c train` writes runs: RUNS_DIR of configs/workspace.env.
+    "$(rwkv1c_python)" -c '
+from rwkv1c.config import load_workspace, output_folder, workspace_root
+root = workspace_root()
+print(output_folder(root, load_workspace(root).runs_dir))
+'
 }
 
 train_with_profile() {

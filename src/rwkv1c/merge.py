@@ -71,9 +71,9 @@ def merge_state_dict(
 
 def merge(
     *,
-    model: Path,
     adapter: Path,
     output: Path,
+    model: Path | None = None,
     force: bool = False,
     overwrite: bool = False,
 ) -> int:
@@ -83,9 +83,10 @@ def merge(
     load it. r, alpha and the targets come from the adapter's adapter_config.json.
 
     Args:
-        model: the base checkpoint the adapter was trained on (.pth; for QLoRA the original bf16 file).
         adapter: adapter folder (runs/NAME/adapter, or a checkpoint runs/NAME/checkpoints/step-N).
         output: the merged .pth to write (atomically).
+        model: the base checkpoint (.pth; for QLoRA the original bf16 file); default: the file the adapter
+            was trained on, as its adapter_config.json records it.
         force: merge although the base's sha256 differs from the adapter's record (same shapes).
         overwrite: replace OUTPUT if it exists.
     """
@@ -95,7 +96,15 @@ def merge(
     from rwkv1c.fsutil import atomic_path
     from rwkv1c.model import ModelConfig, load_checkpoint
 
+    config = read_adapter_config(adapter)
+    if model is None:
+        recorded = (config.get("training") or {}).get("model")
+        if not recorded:
+            raise UserError("the adapter does not record its base file", hint="pass --model BASE.pth")
+        model = Path(recorded)
     problems = []
+    if not model.is_file():
+        problems.append(f"base checkpoint not found: {model} (pass --model BASE.pth)")
     if output.suffix != ".pth":
         problems.append(f"--output must end in .pth, got {output.name}")
     if output.exists() and not overwrite:
@@ -103,7 +112,6 @@ def merge(
     if output.resolve() == model.resolve():
         problems.append("--output is the base checkpoint itself; write the merged model to another file")
     raise_all(problems, "cannot merge")
-    config = read_adapter_config(adapter)
     sd = load_checkpoint(model)
     check_base(config, model, ModelConfig.from_state_dict(sd), force=force)
     merged = merge_state_dict(sd, read_adapter_tensors(adapter), config)

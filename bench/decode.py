@@ -25,26 +25,18 @@ from typing import Any
 
 import torch
 
+from rwkv1c.config import load_preset
 from rwkv1c.model import RWKV7, ModelConfig
+from rwkv1c.plan import low_rank_for
 
-SHAPES = {  # n_layer, n_embd (low-rank sizes follow the published formulas)
-    "0.1b": (12, 768),
-    "0.4b": (24, 1024),
-    "1.5b": (24, 2048),
-    "2.9b": (32, 2560),
-    "7.2b": (32, 4096),
-}
-
-
-def low_rank(C: int) -> tuple[int, int, int, int]:
-    r32 = lambda x: max(32, round(x / 32) * 32)
-    return r32(1.8 * C**0.5), r32(1.8 * C**0.5), r32(1.3 * C**0.5), r32(0.6 * C**0.8)
+PRESETS = {"0.1b": "rwkv7-0.1b", "0.4b": "rwkv7-0.4b", "1.5b": "rwkv7-1.5b", "2.9b": "rwkv7-3b", "7.2b": "rwkv7-7.2b"}
 
 
 def random_model(size: str, dtype: torch.dtype, device: str = "cuda") -> RWKV7:
     """An RWKV7 of the given size with random weights scaled to keep activations O(1)."""
-    L, C = SHAPES[size]
-    dd, da, dm, dg = low_rank(C)
+    preset = load_preset(PRESETS[size])  # n_layer, n_embd; the low-rank sizes as released
+    L, C = preset.n_layer, preset.n_embd
+    dd, da, dm, dg = low_rank_for(C)
     cfg = ModelConfig(n_layer=L, n_embd=C, vocab_size=65536, dim_ffn=4 * C, d_decay=dd, d_aaa=da, d_mv=dm, d_gate=dg)
     with torch.device("meta"):
         model = RWKV7(cfg)
@@ -171,7 +163,7 @@ def bench_prefill(engine: Any, T: int, reps: int = 3) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", nargs="+", default=["1.5b", "0.4b", "2.9b"], choices=sorted(SHAPES))
+    ap.add_argument("--sizes", nargs="+", default=["1.5b", "0.4b", "2.9b"], choices=sorted(PRESETS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64, 256])
     ap.add_argument("--prefill", nargs="+", type=int, default=[1024, 4096])
     ap.add_argument("--steps", type=int, default=128, help="tokens generated per sequence in the decode runs")

@@ -41,7 +41,7 @@ from typing import Any, Literal
 from rwkv1c import bsl
 from rwkv1c.errors import UserError, raise_all
 from rwkv1c.fsutil import atomic_open, write_json
-from rwkv1c.prompts import render_pair, render_prompt
+from rwkv1c.prompts import render_pair
 
 Encoder = Callable[[Sequence[str]], list[list[int]]]
 Layout = Literal["designer", "edt", "other"]
@@ -373,9 +373,9 @@ def _unit_hash(key: str) -> float:
 # -- samples -----------------------------------------------------------------------------------------------
 
 
-def _chat(user: str, answer: str) -> tuple[str, str]:
-    """(rendered prompt, full text) in the chat format ``User: ...\\n\\nAssistant: ...`` (as `prepare` renders it)."""
-    return render_prompt(user), "".join(text for text, _ in render_pair(user, answer))
+def _chat(user: str, answer: str) -> str:
+    """The text ``User: ...\\n\\nAssistant: ...`` in the chat format (as `prepare` renders it)."""
+    return "".join(text for text, _ in render_pair(user, answer))
 
 
 def _method_code(parsed: bsl.ParsedModule, m: bsl.Method, with_doc: bool) -> str:
@@ -545,7 +545,7 @@ def module_samples(
         if settings.instructions and standard and self_contained:
             assert doc is not None
             user = doc_prompt(info, m, doc)
-            _prompt, full = _chat(user, code)
+            full = _chat(user, code)
             rows.append(
                 {
                     "text": full,
@@ -614,7 +614,7 @@ def _completion_row(
         user = f"Complete this 1C:Enterprise method ({info.describe('en')}):\n{prefix}"
     else:
         user = f"Допиши метод на 1С ({info.describe('ru')}):\n{prefix}"
-    _, full = _chat(user, answer)
+    full = _chat(user, answer)
     return {
         "text": full,
         **_meta(info, "complete"),
@@ -639,15 +639,10 @@ class HarvestResult:
 
 
 def default_encoder() -> Encoder:
-    """Batch token encoder of the RWKV World vocabulary (the project tokenizer when present)."""
-    try:
-        from rwkv1c.tokenizer import get_tokenizer
+    """Batch token encoder of the RWKV World vocabulary."""
+    from rwkv1c.tokenizer import get_tokenizer
 
-        tok = get_tokenizer()
-    except ImportError:
-        import pyrwkv_tokenizer
-
-        tok = pyrwkv_tokenizer.RWKVTokenizer()
+    tok = get_tokenizer()
     return lambda texts: tok.encode_batch(list(texts))
 
 

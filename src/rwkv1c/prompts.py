@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+from rwkv1c import bsl
+
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 PREFIX: dict[str, str] = {"system": "System:", "user": "User:", "assistant": "Assistant:"}
@@ -26,8 +28,8 @@ _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 
 
 def normalize_newlines(text: str) -> str:
-    """CRLF and lone CR become LF; surrounding whitespace is stripped."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    """`bsl.normalize_newlines` (LF only, no BOM), surrounding whitespace stripped."""
+    return bsl.normalize_newlines(text).strip()
 
 
 def clean_user_text(text: str) -> str:
@@ -37,7 +39,7 @@ def clean_user_text(text: str) -> str:
 
 def clean_answer_text(text: str) -> str:
     """Assistant text: newlines normalised, blank lines collapsed; a leading tab (code indent) is kept."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n").strip("\n").lstrip(" ").rstrip()
+    text = bsl.normalize_newlines(text).strip("\n").lstrip(" ").rstrip()
     return _BLANK_LINES.sub("\n", text)
 
 

@@ -21,7 +21,6 @@ import os
 import secrets
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -41,6 +40,9 @@ MAX_TOKEN = 65535
 _CHUNK = 1 << 20  # elements per chunk when streaming sizes / pointers / filler
 
 
+TEXT_DOCUMENT_SUFFIX = "_text_document"  # the name RWKV-LM's trainers expect after the data prefix
+
+
 def split_prefix(prefix: str | os.PathLike[str]) -> Path:
     """``data/x``, ``data/x.bin`` and ``data/x.idx`` all name the dataset ``data/x``."""
     path = Path(prefix)
@@ -51,16 +53,6 @@ def dataset_paths(prefix: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     """(.bin, .idx, .mask) paths of a dataset prefix."""
     base = split_prefix(prefix)
     return tuple(base.with_name(base.name + ext) for ext in (".bin", ".idx", ".mask"))  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class BinIdxSummary:
-    """What a finished writer produced."""
-
-    prefix: Path
-    documents: int
-    tokens: int
-    has_mask: bool
 
 
 class BinIdxWriter:
@@ -142,8 +134,8 @@ class BinIdxWriter:
         self._mask.write(MASK_HEADER.pack(MASK_MAGIC, MASK_VERSION, 0))
         _write_filler(self._mask, self.tokens, 1)
 
-    def finish(self) -> BinIdxSummary:
-        """Write the index and move every file into place; returns what was written."""
+    def finish(self) -> None:
+        """Write the index and move every file into place."""
         if self._closed:
             raise RuntimeError("writer is already finished")
         try:
@@ -186,7 +178,6 @@ class BinIdxWriter:
             raise
         self._closed = True
         self._tmp = {}
-        return BinIdxSummary(self.prefix, self.documents, self.tokens, self._mask is not None)
 
     def abort(self) -> None:
         """Remove every temporary file; nothing at the prefix changes."""
@@ -254,7 +245,6 @@ class BinIdxReader:
         at = IDX_HEADER.size
         self.sizes: np.ndarray = np.frombuffer(idx, dtype="<i4", count=n, offset=at)
         self.pointers: np.ndarray = np.frombuffer(idx, dtype="<i8", count=n, offset=at + 4 * n)
-        self.doc_idx: np.ndarray = np.frombuffer(idx, dtype="<i8", count=n_doc, offset=at + 12 * n)
         self.total_tokens = int(self.sizes.sum(dtype=np.int64))
         bin_bytes = self.bin_path.stat().st_size
         if bin_bytes != 2 * self.total_tokens:

@@ -162,10 +162,10 @@ def read_jsonl(path: Path) -> InMemoryDocuments:
 
 def resolve_prefix(path: Path) -> Path | None:
     """The binidx prefix `path` names: PREFIX, PREFIX.bin / .idx, or `prepare`'s PREFIX_text_document."""
-    from rwkv1c.binidx import dataset_paths, split_prefix
+    from rwkv1c.binidx import TEXT_DOCUMENT_SUFFIX, dataset_paths, split_prefix
 
     prefix = split_prefix(path)
-    for candidate in (prefix, prefix.with_name(prefix.name + "_text_document")):
+    for candidate in (prefix, prefix.with_name(prefix.name + TEXT_DOCUMENT_SUFFIX)):
         bin_file, idx_file, _ = dataset_paths(candidate)
         if bin_file.is_file() and idx_file.is_file():
             return candidate

@@ -34,7 +34,6 @@ from rwkv1c.errors import UserError, raise_all
 if TYPE_CHECKING:
     import numpy as np
 
-TEXT_DOCUMENT_SUFFIX = "_text_document"  # the name RWKV-LM's trainers expect after the data prefix
 BAD_LINES_SHOWN = 20
 UTF8_BOM = b"\xef\xbb\xbf"
 # A JSON escape of \ud800..\udfff (also matches after an escaped backslash: only costs a closer look).
@@ -99,9 +98,9 @@ class RowError(ValueError):
 
 def output_prefix(output: str) -> Path:
     """``data/x`` -> ``data/x_text_document``; a name already ending in it (or in .bin/.idx) is kept."""
-    path = Path(output)
-    if path.suffix in (".bin", ".idx"):
-        path = path.with_suffix("")
+    from rwkv1c.binidx import TEXT_DOCUMENT_SUFFIX, split_prefix
+
+    path = split_prefix(output)
     return path if path.name.endswith(TEXT_DOCUMENT_SUFFIX) else path.with_name(path.name + TEXT_DOCUMENT_SUFFIX)
 
 
@@ -326,12 +325,15 @@ def _ordered(tasks: _Reader, settings: PrepareSettings) -> Generator[BatchResult
         executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _bad_lines_error(settings: PrepareSettings, stats: PrepareStats) -> UserError:
-    shown = "\n".join(f"  {e}" for e in stats.bad_examples)
+def _bad_lines_list(stats: PrepareStats) -> str:
+    """The first bad lines, one per line, and how many more there are."""
     more = stats.bad_lines - len(stats.bad_examples)
-    tail = f"\n  ... and {more} more" if more > 0 else ""
+    return "\n".join(f"  {e}" for e in stats.bad_examples) + (f"\n  ... and {more} more" if more > 0 else "")
+
+
+def _bad_lines_error(settings: PrepareSettings, stats: PrepareStats) -> UserError:
     return UserError(
-        f"{stats.bad_lines} bad line(s) in {settings.input}; nothing was written:\n{shown}{tail}",
+        f"{stats.bad_lines} bad line(s) in {settings.input}; nothing was written:\n{_bad_lines_list(stats)}",
         hint="fix these lines, or pass --skip-bad to leave them out (they are counted in the summary)",
     )
 
@@ -438,7 +440,6 @@ def prepare(input: Path, *, output: str, skip_bad: bool = False, workers: int = 
     settings = setup(input, output, skip_bad=skip_bad, workers=workers)
     stats = run(settings)
     if stats.bad_lines:
-        shown = "\n".join(f"  {e}" for e in stats.bad_examples)
-        print(f"warning: skipped {stats.bad_lines} bad line(s):\n{shown}", file=sys.stderr)
+        print(f"warning: skipped {stats.bad_lines} bad line(s):\n{_bad_lines_list(stats)}", file=sys.stderr)
     print(format_summary(stats))
     return 0

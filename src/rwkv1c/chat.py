@@ -47,7 +47,6 @@ class ChatSession:
         self.messages: list[dict[str, str]] = []
         self.initial_state = self._initial()
         self.state: RWKVState | None = self.initial_state
-        self.rebuilt_turns = 0  # turns whose end had to be re-read (the stop fell inside a token)
 
     def _initial(self) -> RWKVState | None:
         if self.system is None:
@@ -64,12 +63,12 @@ class ChatSession:
 
     def ask(self, text: str, on_text: Callable[[str], None] | None = None) -> str:
         """One turn: the reply text (as generated, without what ended it); the state moves past the turn."""
-        from rwkv1c.prompts import PREFIX, TURN_SEPARATOR, clean_user_text, normalize_newlines
+        from rwkv1c.prompts import TURN_SEPARATOR, clean_user_text, normalize_newlines, render_prompt
 
         user = clean_user_text(text)
         if not user:
             raise ValueError("the message is empty")
-        prompt_ids = self.engine.encode(f"{PREFIX['user']} {user}{TURN_SEPARATOR}{PREFIX['assistant']}")
+        prompt_ids = self.engine.encode(render_prompt(user))
         after_prompt, logits = self.engine.prefill(prompt_ids, self.state)
         done = self.engine.generate_from(after_prompt, [], self.params, logits=logits, on_text=on_text)
         assert done.state is not None
@@ -81,7 +80,6 @@ class ChatSession:
             self.state = self.engine.prefill(canon[fed:], done.state)[0] if canon[fed:] else done.state
         else:  # it read past it (the stop string ended inside a token): re-read the reply
             self.state, _ = self.engine.prefill(canon, after_prompt)
-            self.rebuilt_turns += 1
         self.messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
         return done.text
 

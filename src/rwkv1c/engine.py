@@ -138,8 +138,6 @@ class PrefixCache:
             collections.OrderedDict()
         )
         self.bytes = 0
-        self.hits = 0
-        self.lookups = 0
 
     @staticmethod
     def _size(state: RWKVState, logits: torch.Tensor) -> int:
@@ -147,14 +145,12 @@ class PrefixCache:
 
     def lookup(self, ids: Sequence[int]) -> tuple[int, RWKVState | None, torch.Tensor | None]:
         """The longest cached prefix of `ids`: (its length, state, logits), or (0, None, None)."""
-        self.lookups += 1
         best: tuple[int, ...] | None = None
         for key in self.entries:
             if len(key) <= len(ids) and (best is None or len(key) > len(best)) and tuple(ids[: len(key)]) == key:
                 best = key
         if best is None:
             return 0, None, None
-        self.hits += 1
         self.entries.move_to_end(best)
         state, logits = self.entries[best]
         return len(best), state, logits

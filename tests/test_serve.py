@@ -238,3 +238,26 @@ def test_next_chat_turn_reads_only_its_new_part(client: openai.OpenAI, server: S
     before = sum(len(tok.encode(p)) for p in render_chat(first)[0])
     after = sum(len(tok.encode(p)) for p in render_chat(second)[0])
     assert sum(counted) == after - before
+
+
+def test_an_engine_failure_fails_its_requests_and_the_server_goes_on(model: RWKV7) -> None:
+    engine = Engine(model, get_tokenizer(), max_batch=2)
+    real_step, failures = engine.step, [1]
+
+    def step_failing_once() -> None:
+        if failures:
+            failures.pop()
+            raise RuntimeError("device lost")
+        real_step()
+
+    engine.step = step_failing_once  # type: ignore[method-assign]
+    srv = Server(engine, NAME, host="127.0.0.1", port=0, api_key=KEY, max_prompt_tokens=64, quiet=True)
+    srv.start()
+    try:
+        host, port = srv.address
+        c = openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
+        with pytest.raises(openai.InternalServerError, match="device lost"):
+            c.completions.create(model=NAME, prompt="Процедура", max_tokens=3, temperature=0)
+        assert c.completions.create(model=NAME, prompt="Процедура", max_tokens=3, temperature=0).choices[0].text
+    finally:
+        srv.stop()

@@ -110,7 +110,8 @@ class TextTracker:
 
 @dataclass(eq=False)
 class Request:
-    """A sequence to generate. `on_text(delta)` streams text; `on_finish(completion)` ends it."""
+    """A sequence to generate. `on_text(delta)` streams text; `on_finish(completion)` ends it; a host that
+    drives the engine calls `on_error(message)` when a failure aborts it (the engine itself never does)."""
 
     prompt_ids: list[int]
     params: SamplingParams
@@ -120,6 +121,7 @@ class Request:
     cache_at: tuple[int, ...] = ()  # prompt positions whose states are worth caching (e.g. after a system prompt)
     on_text: Callable[[str], None] | None = None
     on_finish: Callable[[Completion], None] | None = None
+    on_error: Callable[[str], None] | None = None
     cancelled: bool = False
     # filled in by the engine
     rng: random.Random | None = None

@@ -97,9 +97,8 @@ class EngineLoop(threading.Thread):
 
     @staticmethod
     def _fail(request: Request, exc: Exception) -> None:
-        sink = getattr(request, "sink", None)
-        if sink is not None:
-            sink.put(("error", getattr(request, "choice", 0), f"{type(exc).__name__}: {exc}"))
+        if request.on_error is not None:
+            request.on_error(f"{type(exc).__name__}: {exc}")
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -309,8 +308,7 @@ class Api:
                 req = Request(list(p_ids), seeded, cache_at=cache_at)
                 req.on_text = lambda d, c=choice: job.events.put(("text", c, d))
                 req.on_finish = lambda comp, c=choice: job.events.put(("done", c, comp))
-                req.sink = job.events  # type: ignore[attr-defined]
-                req.choice = choice  # type: ignore[attr-defined]
+                req.on_error = lambda message, c=choice: job.events.put(("error", c, message))
                 job.requests.append(req)
         for req in job.requests:
             self.loop.submit(req)

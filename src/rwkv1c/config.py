@@ -239,6 +239,16 @@ def load_preset(name: str, root: Path | None = None) -> ModelPreset:
     return from_mapping(ModelPreset, {"NAME": path.stem}, read_env_file(path), origin=str(path))
 
 
+def load_profile(name: str, root: Path | None = None) -> dict[str, str]:
+    """`configs/profile/<name>.env` (or a path to an .env file) as KEY -> value."""
+    folder = (root or workspace_root()) / "configs" / "profile"
+    path = Path(name) if name.endswith(".env") else folder / f"{name}.env"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.env"))
+        raise UserError(f"unknown profile {name!r}", hint=f"choose one of: {', '.join(known) or '(none found)'}")
+    return read_env_file(path)
+
+
 def load_presets(root: Path | None = None) -> list[ModelPreset]:
     """Every preset in `configs/model/`."""
     return [load_preset(n, root) for n in preset_names(root)]

@@ -21,7 +21,6 @@ class DistInfo:
 
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     device: Any = "cpu"
 
     @property
@@ -36,6 +35,11 @@ def launched_by_torchrun() -> bool:
 def world_size() -> int:
     """Processes in the job torchrun started (1 when not under torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    """This process's rank in the job torchrun started (0 when not under torchrun)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def init(device_kind: str) -> DistInfo:
@@ -56,7 +60,7 @@ def init(device_kind: str) -> DistInfo:
         backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
-    return DistInfo(rank=rank, world=world, local_rank=local, device=device)
+    return DistInfo(rank=rank, world=world, device=device)
 
 
 def shutdown(info: DistInfo) -> None:

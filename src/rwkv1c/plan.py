@@ -298,12 +298,11 @@ class ProfileInfo:
 
 def resolve_profile(name: str, root: Path | None = None) -> ProfileInfo:
     """`configs/profile/<name>.env` read as the training settings, or a bare quantisation: bf16, int8, nf4."""
-    from rwkv1c.config import TrainConfig, from_mapping, workspace_root
-    from rwkv1c.train import load_profile
+    from rwkv1c.config import TrainConfig, from_mapping, read_env_file, workspace_root
 
     path = (root or workspace_root()) / "configs" / "profile" / f"{name}.env"
     if path.is_file():
-        cfg = from_mapping(TrainConfig, load_profile(name, root), origin=str(path))
+        cfg = from_mapping(TrainConfig, read_env_file(path), origin=str(path))
     elif name in QUANTS:
         cfg = TrainConfig(quant="none" if name == "bf16" else name)  # type: ignore[arg-type]
     else:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rwkv1c.config import TrainConfig
+from rwkv1c.config import TrainConfig, load_profile
 from rwkv1c.errors import UserError, raise_all
 from rwkv1c.plan import CE_CHUNK  # positions per cross-entropy chunk (the memory plan counts the same)
 
@@ -66,18 +66,6 @@ class RunSpec:
     overwrite: bool = False
     force: bool = False
     wandb: str | None = None
-
-
-def load_profile(name: str, root: Path | None = None) -> dict[str, str]:
-    """`configs/profile/<name>.env` (or a path to an .env file) as KEY -> value."""
-    from rwkv1c.config import read_env_file, workspace_root
-
-    folder = (root or workspace_root()) / "configs" / "profile"
-    path = Path(name) if name.endswith(".env") else folder / f"{name}.env"
-    if not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.env"))
-        raise UserError(f"unknown profile {name!r}", hint=f"choose one of: {', '.join(known) or '(none found)'}")
-    return read_env_file(path)
 
 
 def preset_for(n_layer: int, n_embd: int, root: Path | None = None) -> str | None:
@@ -1056,7 +1044,7 @@ def train(
         wandb: also log to this Weights & Biases project (needs `pip install wandb`).
     """
     from rwkv1c.config import env_overrides
-    from rwkv1c.distributed import launched_by_torchrun, relaunch
+    from rwkv1c.distributed import launched_by_torchrun, rank, relaunch
 
     overrides = parse_overrides(override)
     overrides.update(
@@ -1094,7 +1082,7 @@ def train(
     )
     if spec.devices > 1 and not launched_by_torchrun():
         return relaunch(spec.devices, torchrun_args(spec))
-    if _rank_env() == 0:
+    if rank() == 0:
         from rwkv1c.config import to_env_lines
 
         print("settings: " + " ".join(to_env_lines(spec.cfg)), file=sys.stderr)
@@ -1107,12 +1095,6 @@ def train(
         if result["val_loss"] is not None:
             print(f"val_loss: {result['val_loss']:.4f}")
     return 0
-
-
-def _rank_env() -> int:
-    import os
-
-    return int(os.environ.get("RANK", "0"))
 
 
 def torchrun_args(spec: RunSpec) -> list[str]:

@@ -25,14 +25,18 @@ from typing import Any
 
 import torch
 
-from rwkv1c.config import load_preset
+from rwkv1c.config import TrainConfig, from_mapping, load_preset, load_profile
 from rwkv1c.lora import add_lora, param_groups, quantize_block_linears
 from rwkv1c.model import RWKV7, ModelConfig
 from rwkv1c.plan import low_rank_for
 from rwkv1c.train import build_loss_module, compile_blocks_for
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "4090": 165.2, "L40S": 362.0}
-PROFILES = {"lora-bf16": ("none", False), "qlora-nf4": ("nf4", True), "qlora-int8": ("int8", True)}
+PROFILES = ("lora-bf16", "qlora-nf4", "qlora-int8")  # configs/profile/*.env: quantisation, checkpointing
+
+
+def load_train_profile(name: str) -> TrainConfig:
+    return from_mapping(TrainConfig, load_profile(name), origin=f"profile {name}")
 
 
 def card_peak_tflops() -> tuple[str, float | None]:
@@ -93,7 +97,7 @@ def run_one(
     packed: bool = True,
     compile_setting: str = "auto",
 ) -> dict[str, Any]:
-    quant, _ = PROFILES[profile]
+    quant = load_train_profile(profile).quant
     p = load_preset(preset)
     gc.collect()  # the previous configuration's model holds reference cycles (peft layers)
     torch.cuda.empty_cache()
@@ -207,7 +211,7 @@ def grid(args: argparse.Namespace) -> list[tuple[str, str, int, int, bool]]:
     for preset in args.presets:
         for profile in args.profiles:
             for ctx in args.ctx:
-                rows.append((preset, profile, ctx, 1, PROFILES[profile][1]))
+                rows.append((preset, profile, ctx, 1, load_train_profile(profile).grad_ckpt))
         for p, profile, ctx, mb, ckpt in extras:
             if p == preset:
                 rows.append((preset, profile, int(ctx), int(mb), ckpt in ("1", "true", "on")))

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from rwkv1c.config import load_preset
-from rwkv1c.model import RWKV7, ModelConfig
-from rwkv1c.plan import low_rank_for
+from rwkv1c.model.config import ModelConfig
+from rwkv1c.model.rwkv7 import RWKV7
 
 PRESETS = {"0.1b": "rwkv7-0.1b", "0.4b": "rwkv7-0.4b", "1.5b": "rwkv7-1.5b", "2.9b": "rwkv7-3b", "7.2b": "rwkv7-7.2b"}
 
@@ -36,8 +36,7 @@ def random_model(size: str, dtype: torch.dtype, device: str = "cuda") -> RWKV7:
     """An RWKV7 of the given size with random weights scaled to keep activations O(1)."""
     preset = load_preset(PRESETS[size])  # n_layer, n_embd; the low-rank sizes as released
     L, C = preset.n_layer, preset.n_embd
-    dd, da, dm, dg = low_rank_for(C)
-    cfg = ModelConfig(n_layer=L, n_embd=C, vocab_size=65536, dim_ffn=4 * C, d_decay=dd, d_aaa=da, d_mv=dm, d_gate=dg)
+    cfg = ModelConfig(n_layer=L, n_embd=C)  # the released low-rank sizes, 4x FFN, vocab 65536
     with torch.device("meta"):
         model = RWKV7(cfg)
     model.to_empty(device=device)
@@ -74,7 +73,7 @@ def check(size: str) -> dict[str, float]:
     fp32 with the exact chunked WKV as the reference: half precision on a deep random network is
     too sensitive to rounding for a comparison to mean anything (its logits move by O(1)).
     """
-    from rwkv1c.fast_decode import FastDecoder, decode_step_torch
+    from rwkv1c.infer.fast_decode import FastDecoder, decode_step_torch
 
     model = random_model(size, torch.float32)
     model.wkv_impl = "chunked"
@@ -102,8 +101,8 @@ def check(size: str) -> dict[str, float]:
 
 
 def bench_decode(engine: Any, batch: int, steps: int, prompt_len: int = 32) -> dict[str, float]:
-    from rwkv1c.engine import Request
-    from rwkv1c.sampling import SamplingParams
+    from rwkv1c.infer.engine import Request
+    from rwkv1c.infer.sampling import SamplingParams
 
     params = SamplingParams(max_tokens=steps, temperature=0, stop_at_blank_line=False, stop_token_ids=())
     g = torch.Generator().manual_seed(batch)
@@ -174,8 +173,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench/decode.py needs a CUDA GPU", file=sys.stderr)
         return 1
-    from rwkv1c.engine import Engine
-    from rwkv1c.tokenizer import get_tokenizer
+    from rwkv1c.infer.engine import Engine
+    from rwkv1c.model.tokenizer import get_tokenizer
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     result: dict[str, Any] = {

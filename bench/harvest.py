@@ -30,8 +30,8 @@ def main() -> int:
         print(f"no such folder: {args.src_dir}", file=sys.stderr)
         return 1
 
-    from rwkv1c import bsl
-    from rwkv1c.harvest import HarvestSettings, default_encoder, discover, harvest_tree, read_source
+    from rwkv1c.onec import bsl
+    from rwkv1c.onec.harvest import HarvestSettings, default_encoder, discover, harvest_tree, read_source
 
     encode = default_encoder()
     paths = discover(args.src_dir)

@@ -95,20 +95,22 @@ def summarise(runs: dict[int, list[dict]], n_bytes: int, copies: int) -> list[di
         walls = [r["wall_s"] for r in results]
         best, median = min(walls), statistics.median(walls)
         tokens = results[0]["tokens"]
-        rows.append({
-            "copies": copies,
-            "jsonl_bytes": n_bytes,
-            "workers": w,
-            "best_s": round(best, 3),
-            "median_s": round(median, 3),
-            "best_mb_per_s": round(n_bytes / best / 1e6, 1),
-            "median_mb_per_s": round(n_bytes / median / 1e6, 1),
-            "best_tokens_per_s": round(tokens / best),
-            "cpu_s_median": round(statistics.median(r["cpu_s"] for r in results), 3),
-            "load_avg_1min": [round(r["load"], 2) for r in results],
-            "idle_before": [None if r["idle_before"] is None else round(r["idle_before"], 3) for r in results],
-            "tokens": tokens,
-        })
+        rows.append(
+            {
+                "copies": copies,
+                "jsonl_bytes": n_bytes,
+                "workers": w,
+                "best_s": round(best, 3),
+                "median_s": round(median, 3),
+                "best_mb_per_s": round(n_bytes / best / 1e6, 1),
+                "median_mb_per_s": round(n_bytes / median / 1e6, 1),
+                "best_tokens_per_s": round(tokens / best),
+                "cpu_s_median": round(statistics.median(r["cpu_s"] for r in results), 3),
+                "load_avg_1min": [round(r["load"], 2) for r in results],
+                "idle_before": [None if r["idle_before"] is None else round(r["idle_before"], 3) for r in results],
+                "tokens": tokens,
+            }
+        )
     return rows
 
 
@@ -140,12 +142,16 @@ def main() -> int:
                     runs[w].append({**time_prepare(jsonl, Path(tmp) / f"w{w}", w), "idle_before": idle})
         rows += summarise(runs, n_bytes, copies)
 
-    print(f"{'MB':>6} {'workers':>7} {'best s':>7} {'median s':>8} {'MB/s best':>9} {'MB/s med':>8} "
-          f"{'tok/s best':>11} {'cpu s':>6}  load (1 min)")
+    print(
+        f"{'MB':>6} {'workers':>7} {'best s':>7} {'median s':>8} {'MB/s best':>9} {'MB/s med':>8} "
+        f"{'tok/s best':>11} {'cpu s':>6}  load (1 min)"
+    )
     for r in rows:
-        print(f"{r['jsonl_bytes'] / 1e6:>6.1f} {r['workers']:>7} {r['best_s']:>7.2f} {r['median_s']:>8.2f} "
-              f"{r['best_mb_per_s']:>9.1f} {r['median_mb_per_s']:>8.1f} {r['best_tokens_per_s']:>11,} "
-              f"{r['cpu_s_median']:>6.2f}  {min(r['load_avg_1min']):.1f}..{max(r['load_avg_1min']):.1f}")
+        print(
+            f"{r['jsonl_bytes'] / 1e6:>6.1f} {r['workers']:>7} {r['best_s']:>7.2f} {r['median_s']:>8.2f} "
+            f"{r['best_mb_per_s']:>9.1f} {r['median_mb_per_s']:>8.1f} {r['best_tokens_per_s']:>11,} "
+            f"{r['cpu_s_median']:>6.2f}  {min(r['load_avg_1min']):.1f}..{max(r['load_avg_1min']):.1f}"
+        )
 
     if args.write_results:
         report = {

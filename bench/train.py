@@ -14,6 +14,7 @@ Peak VRAM is torch.cuda.max_memory_allocated over the timed steps (weights, opti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -26,10 +27,11 @@ from typing import Any
 import torch
 
 from rwkv1c.config import TrainConfig, from_mapping, load_preset, load_profile
-from rwkv1c.lora import add_lora, param_groups, quantize_block_linears
-from rwkv1c.model import RWKV7, ModelConfig
-from rwkv1c.plan import low_rank_for
-from rwkv1c.train import build_loss_module, compile_blocks_for
+from rwkv1c.model.config import ModelConfig
+from rwkv1c.model.lora import param_groups
+from rwkv1c.model.rwkv7 import RWKV7
+from rwkv1c.train.build import build_model
+from rwkv1c.train.loss import build_loss_module
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "4090": 165.2, "L40S": 362.0}
 PROFILES = ("lora-bf16", "qlora-nf4", "qlora-int8")  # configs/profile/*.env: quantisation, checkpointing
@@ -50,8 +52,7 @@ def card_peak_tflops() -> tuple[str, float | None]:
 @torch.no_grad()
 def random_model(n_layer: int, n_embd: int, device: str) -> RWKV7:
     """An RWKV-7 with the released shapes, bf16, every parameter random at a sensible scale."""
-    d_decay, d_aaa, d_mv, d_gate = low_rank_for(n_embd)
-    cfg = ModelConfig(n_layer, n_embd, 65536, 4 * n_embd, d_decay, d_aaa, d_mv, d_gate)
+    cfg = ModelConfig(n_layer, n_embd)  # the released low-rank sizes, 4x FFN, vocab 65536
     with torch.device("meta"):
         model = RWKV7(cfg)
     model.to_empty(device=device)
@@ -97,7 +98,10 @@ def run_one(
     packed: bool = True,
     compile_setting: str = "auto",
 ) -> dict[str, Any]:
-    quant = load_train_profile(profile).quant
+    cfg = dataclasses.replace(
+        load_train_profile(profile), lora_r=lora_r, lora_alpha=2 * lora_r, grad_ckpt=grad_ckpt,
+        compile=compile_setting, seed=0,
+    )  # fmt: skip
     p = load_preset(preset)
     gc.collect()  # the previous configuration's model holds reference cycles (peft layers)
     torch.cuda.empty_cache()
@@ -106,12 +110,8 @@ def run_one(
     torch._dynamo.reset()
     model = random_model(p.n_layer, p.n_embd, "cuda")
     n_nonemb = sum(t.numel() for n, t in model.named_parameters() if n != "emb.weight")
-    quantize_block_linears(model, quant, device="cuda", compute_dtype=torch.bfloat16)  # type: ignore[arg-type]
-    torch.manual_seed(0)
-    add_lora(model, r=lora_r, alpha=2 * lora_r)
-    model.train()
-    compile_blocks = compile_blocks_for(compile_setting, "cuda", quant)  # as `rwkv1c train` decides COMPILE
-    model.compile_blocks = compile_blocks
+    model, _ = build_model(model, cfg, "cuda")  # what `rwkv1c train` builds: quantisation, LoRA, COMPILE
+    compile_blocks = model.compile_blocks
     loss_module = build_loss_module(model, grad_ckpt)
     optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4, betas=(0.9, 0.99))
     trainable = [t for t in model.parameters() if t.requires_grad]
@@ -225,9 +225,10 @@ def ddp_check(out: Path, steps: int = 30) -> dict[str, Any]:
 
     import numpy as np
 
-    from rwkv1c.binidx import BinIdxWriter
-    from rwkv1c.init_model import init_state_dict, save_state_dict
-    from rwkv1c.train import read_metrics, train
+    from rwkv1c.commands.train import train
+    from rwkv1c.data.binidx import BinIdxWriter
+    from rwkv1c.model.init import init_state_dict, save_state_dict
+    from rwkv1c.train.rundir import read_metrics
 
     root = Path(tempfile.mkdtemp())
     save_state_dict(init_state_dict(4, 256, 65536, seed=0, dtype=torch.bfloat16), root / "m.pth")
@@ -293,7 +294,7 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench/train.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    from rwkv1c.wkv import fla_available
+    from rwkv1c.model.wkv import fla_available
 
     card, peak = card_peak_tflops()
     meta = {"card": card, "bf16_peak_tflops": peak, "torch": torch.__version__, "fla": fla_available()}

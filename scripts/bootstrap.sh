@@ -41,14 +41,14 @@ fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 
 # 3. Which torch wheel index: set explicitly in workspace.env, or chosen from the GPU that nvidia-smi lists
-#    (also /usr/lib/wsl/lib/nvidia-smi under WSL2). The rule lives in rwkv1c.doctor.torch_index_choice, for
+#    (also /usr/lib/wsl/lib/nvidia-smi under WSL2). The rule lives in rwkv1c.machine.doctor.torch_index_choice, for
 #    torch 2.12+: Turing..Blackwell (RTX 20xx-50xx) with driver 580+ -> cu130; older cards or drivers -> cu126;
 #    no NVIDIA GPU -> plain PyPI.
 if [[ -f configs/workspace.env ]] && grep -qE '^TORCH_INDEX_URL=' configs/workspace.env; then
   TORCH_INDEX_URL=$(setting TORCH_INDEX_URL "")
   INDEX_REASON="TORCH_INDEX_URL in configs/workspace.env"
 else
-  CHOICE=$(PYTHONPATH=src .venv/bin/python -c 'from rwkv1c.doctor import print_torch_index; print_torch_index()')
+  CHOICE=$(PYTHONPATH=src .venv/bin/python -c 'from rwkv1c.machine.doctor import print_torch_index; print_torch_index()')
   TORCH_INDEX_URL=${CHOICE%%$'\t'*}
   INDEX_REASON=${CHOICE#*$'\t'}
 fi

@@ -48,9 +48,9 @@ def model_path(arg: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from rwkv1c.engine import build_engine, describe
     from rwkv1c.errors import UserError
-    from rwkv1c.sampling import SamplingParams
+    from rwkv1c.infer.engine import describe, load_engine
+    from rwkv1c.infer.sampling import SamplingParams
 
     if args.albatross_dir or args.tokenizer or args.auto_clone:
         print(
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: " + "; ".join(problems), file=sys.stderr)
         return 1
     try:
-        engine = build_engine(model_path(args.model), args.adapter, device=args.device, max_batch=args.batch)
+        engine = load_engine(model_path(args.model), args.adapter, device=args.device, max_batch=args.batch)
         print(describe(engine), file=sys.stderr)
         greedy = args.noise == 0
         params = SamplingParams(

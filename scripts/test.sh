@@ -7,8 +7,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 ./scripts/bootstrap.sh --dev
 
-echo "test: ruff"
+echo "test: ruff check, ruff format --check, mypy"
 .venv/bin/ruff check src tests bench scripts
+.venv/bin/ruff format --check src tests bench scripts
+.venv/bin/mypy src
 
 echo "test: pytest"
 status=0

@@ -26,7 +26,7 @@ def random_state_dict(
 
     Scales keep activations O(1) so that a wrong formula shows up as a large difference.
     """
-    from rwkv1c.init_model import init_state_dict
+    from rwkv1c.model.init import init_state_dict
 
     g = torch.Generator().manual_seed(seed)
     base = init_state_dict(n_layer, n_embd, vocab_size, dim_ffn=dim_ffn, seed=seed)

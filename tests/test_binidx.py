@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv1c.binidx import BinIdxReader, BinIdxWriter
+from rwkv1c.data.binidx import BinIdxReader, BinIdxWriter
 from rwkv1c.errors import UserError
 
 
@@ -25,8 +25,15 @@ def read_idx_independently(path: Path) -> dict:
     at += 8 * n
     doc_idx = list(struct.unpack_from(f"<{n_doc}q", data, at))
     at += 8 * n_doc
-    return {"magic": magic, "version": version, "dtype": dtype_code, "sizes": sizes, "pointers": pointers,
-            "doc_idx": doc_idx, "trailing": len(data) - at}
+    return {
+        "magic": magic,
+        "version": version,
+        "dtype": dtype_code,
+        "sizes": sizes,
+        "pointers": pointers,
+        "doc_idx": doc_idx,
+        "trailing": len(data) - at,
+    }
 
 
 def read_mask_independently(path: Path) -> tuple[bytes, int, list[int]]:

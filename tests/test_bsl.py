@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rwkv1c import bsl
+from rwkv1c.onec import bsl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -239,7 +239,7 @@ def test_bundled_samples_are_valid_bsl() -> None:
         assert problems(code) == [], code[:200]
         assert bsl.foreign_syntax(code) == [], code[:200]
     assert sum(bsl.keyword_language(bsl.parse_module(t))[0] == "en" for t in texts) >= 2
-    from rwkv1c.prepare import parse_row  # the file is ready for `rwkv1c prepare`
+    from rwkv1c.data.prepare import parse_row  # the file is ready for `rwkv1c prepare`
 
     for line in path.read_bytes().splitlines():
         parse_row(line)

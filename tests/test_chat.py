@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rwkv1c.chat import ChatSession, repl
-from rwkv1c.engine import Engine
-from rwkv1c.model import RWKV7
-from rwkv1c.sampling import SamplingParams
-from rwkv1c.tokenizer import get_tokenizer
+from rwkv1c.commands.chat import repl
+from rwkv1c.infer.chat import ChatSession
+from rwkv1c.infer.engine import Engine
+from rwkv1c.infer.sampling import SamplingParams
+from rwkv1c.model.rwkv7 import RWKV7
+from rwkv1c.model.tokenizer import get_tokenizer
 
 PARAMS = SamplingParams(max_tokens=6, temperature=0)
 

@@ -7,17 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv1c.data import (
-    EOD,
-    Batch,
-    InMemoryDocuments,
-    PackedStream,
-    StepPlan,
-    Subset,
-    open_documents,
-    split_validation,
-    validation_windows,
-)
+from rwkv1c.data.documents import END_OF_DOC as EOD
+from rwkv1c.data.documents import InMemoryDocuments, Subset, open_documents, split_validation
+from rwkv1c.data.packing import Batch, PackedStream, StepPlan, validation_windows
 from rwkv1c.errors import UserError
 
 
@@ -146,8 +138,8 @@ def test_open_documents_reports_bad_input(tmp_path: Path) -> None:
 def test_jsonl_read_directly_equals_the_prepared_binidx(tmp_path: Path) -> None:
     import json
 
-    from rwkv1c.prepare import prepare
-    from rwkv1c.tokenizer import get_tokenizer
+    from rwkv1c.commands.prepare import prepare
+    from rwkv1c.model.tokenizer import get_tokenizer
 
     rows = [
         {"text": "Процедура Тест()\n\tВозврат;\nКонецПроцедуры"},
@@ -174,7 +166,7 @@ def test_jsonl_read_directly_equals_the_prepared_binidx(tmp_path: Path) -> None:
 
 def test_lengths_come_from_the_index_and_match_the_tokens(tmp_path: Path) -> None:
     """Document lengths (EOD appended where missing) without reading tokens; too short documents are dropped."""
-    from rwkv1c.binidx import BinIdxWriter
+    from rwkv1c.data.binidx import BinIdxWriter
 
     raw = [[5, 6, 7], [8, 0], [], [9], [0], [3, 4, 5, 6, 0]]
     with BinIdxWriter(tmp_path / "d") as w:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rwkv1c.fast_decode import FastDecoder, decode_step_torch, triton_available
-from rwkv1c.model import RWKV7
+from rwkv1c.infer.fast_decode import FastDecoder, decode_step_torch, triton_available
+from rwkv1c.model.rwkv7 import RWKV7
 from tests.conftest import make_checkpoint
 
 pytestmark = [
@@ -91,9 +91,9 @@ def test_graph_rows_beyond_bucket_untouched(ckpt: Path) -> None:
 
 def test_engine_on_gpu_matches_cpu(ckpt: Path) -> None:
     pytest.importorskip("rwkv1c.tokenizer")
-    from rwkv1c.engine import Engine
-    from rwkv1c.sampling import SamplingParams
-    from rwkv1c.tokenizer import get_tokenizer
+    from rwkv1c.infer.engine import Engine
+    from rwkv1c.infer.sampling import SamplingParams
+    from rwkv1c.model.tokenizer import get_tokenizer
 
     prompts = [[11, 22, 33], list(range(100, 140)), [7]]
     params = SamplingParams(max_tokens=10, temperature=0, stop_at_blank_line=False, stop_token_ids=())

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from rwkv1c import doctor as d
-from rwkv1c.doctor import Facts, Needs
+from rwkv1c.commands.doctor import doctor as doctor_verb
+from rwkv1c.machine import doctor as d
+from rwkv1c.machine.doctor import Facts, Needs
 
 WSL2 = (
     "Linux version 5.15.167.4-microsoft-standard-WSL2 (root@f9c826d3017f) (gcc (GCC) 11.2.0, GNU ld (GNU Binutils) "
@@ -351,13 +352,13 @@ def test_parse_wslconfig_reads_only_the_wsl2_section() -> None:
 
 def test_doctor_exit_code_and_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(d, "gather_facts", lambda **kw: wsl_box(proc_version=WSL1))
-    assert d.doctor(json=True) == 1
+    assert doctor_verb(json=True) == 1
     out = json.loads(capsys.readouterr().out)
     names = [c["name"] for c in out["checks"]]
     assert names[0] == "platform" and set(out["checks"][0]) == {"name", "status", "detail", "hint"}
     assert out["checks"][0]["status"] == "fail"
     monkeypatch.setattr(d, "gather_facts", lambda **kw: wsl_box())
-    assert d.doctor() == 0
+    assert doctor_verb() == 0
     table = capsys.readouterr().out
     assert "PASS  platform" in table and "0 failed" in table
 
@@ -373,7 +374,7 @@ def test_format_shows_fix_under_problems() -> None:
 
 def test_doctor_runs_for_real_here(capsys: pytest.CaptureFixture[str]) -> None:
     """The real gathering (child-process probe included) on this machine: every check reports a valid status."""
-    code = d.doctor(json=True)
+    code = doctor_verb(json=True)
     out = json.loads(capsys.readouterr().out)
     statuses = {c["name"]: c["status"] for c in out["checks"]}
     assert set(statuses.values()) <= {"pass", "warn", "fail", "skip"}

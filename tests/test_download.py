@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from rwkv1c import download as dl
+from rwkv1c.commands.download import download as download_verb
 from rwkv1c.errors import UserError
+from rwkv1c.machine import hub as dl
 
 FILE_PATH = "/BlinkDL/rwkv-7-world/resolve/main/tiny.pth"
 
@@ -197,7 +198,7 @@ def test_download_verb_by_preset_through_hf_endpoint(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_ENDPOINT", base)
     b.cut_after = len(b.payload) // 3
-    dl.download("tiny", retries=1)
+    download_verb("tiny", retries=1)
     out = capsys.readouterr().out
     assert (tmp_path / "models" / "base" / "tiny.pth").read_bytes() == b.payload
     assert "layers" in out and "128" in out  # inspect's description of the downloaded file
@@ -225,6 +226,6 @@ def test_a_download_that_is_not_a_checkpoint_is_moved_aside(
     (tmp_path / "configs" / "model").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match="not a usable RWKV-7 checkpoint"):
-        dl.download(base + FILE_PATH, retries=0)
+        download_verb(base + FILE_PATH, retries=0)
     base_dir = tmp_path / "models" / "base"
     assert sorted(p.name for p in base_dir.iterdir()) == ["tiny.pth.rejected"]

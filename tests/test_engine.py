@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from rwkv1c.engine import Engine, Request, TextTracker
-from rwkv1c.fast_decode import FastDecoder
-from rwkv1c.model import RWKV7
-from rwkv1c.sampling import SamplingParams
-from rwkv1c.tokenizer import get_tokenizer
+from rwkv1c.infer.engine import Engine, Request, TextTracker
+from rwkv1c.infer.fast_decode import FastDecoder
+from rwkv1c.infer.sampling import SamplingParams
+from rwkv1c.model.rwkv7 import RWKV7
+from rwkv1c.model.tokenizer import get_tokenizer
 from tests.test_model import reference_model
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0, stop_token_ids=())
@@ -221,10 +221,10 @@ def test_bad_requests_are_refused(model: RWKV7) -> None:
 
 def test_adapter_unmerged_equals_merged(tmp_path: Path, tiny_pth: Path) -> None:
     """Base + LoRA adapter (unmerged, through rwkv1c.adapter) generates what the merged checkpoint does."""
-    from rwkv1c.adapter import adapter_config, save_adapter
-    from rwkv1c.engine import load_model
     from rwkv1c.fsutil import sha256_file
-    from rwkv1c.lora import adapter_tensors, add_lora
+    from rwkv1c.model.adapter import adapter_config, save_adapter
+    from rwkv1c.model.loader import load_model
+    from rwkv1c.model.lora import adapter_tensors, add_lora
 
     r, alpha = 4, 8.0
     model = RWKV7.from_pth(tiny_pth, dtype=torch.float32)

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from rwkv1c import cli
+from rwkv1c.commands.eval import evaluate
 from rwkv1c.errors import UserError
-from rwkv1c.evaluate import (
+from rwkv1c.onec.evaluate import (
     Prompt,
     builtin_tasks,
     completion_prompts,
     document_nll,
     entries_for,
-    evaluate,
     score_answer,
     task_prompts,
 )
@@ -46,8 +46,8 @@ def write_val(path: Path) -> Path:
 
 def direct_nll(pth: Path, texts: list[str], adapter: Path | None = None) -> float:
     """The loss computed the plain way: one forward pass over [0] + tokens per text, summed cross-entropy."""
-    from rwkv1c.adapter import load_model
-    from rwkv1c.tokenizer import get_tokenizer
+    from rwkv1c.model.loader import load_model
+    from rwkv1c.model.tokenizer import get_tokenizer
 
     model = load_model(pth, adapter, dtype=torch.float32)
     total = 0.0
@@ -61,9 +61,9 @@ def direct_nll(pth: Path, texts: list[str], adapter: Path | None = None) -> floa
 
 def make_adapter(folder: Path, base: Path) -> Path:
     """A LoRA adapter on att.key of every block, with non-zero B so that it changes the model."""
-    from rwkv1c.adapter import adapter_config, save_adapter
     from rwkv1c.fsutil import sha256_file
-    from rwkv1c.model import ModelConfig, load_checkpoint
+    from rwkv1c.model.adapter import adapter_config, save_adapter
+    from rwkv1c.model.rwkv7 import ModelConfig, load_checkpoint
 
     config = ModelConfig.from_state_dict(load_checkpoint(base))
     g = torch.Generator().manual_seed(1)
@@ -90,8 +90,8 @@ def make_adapter(folder: Path, base: Path) -> Path:
 
 
 def test_chunked_nll_equals_one_pass(tiny_pth: Path) -> None:
-    from rwkv1c.model import RWKV7
-    from rwkv1c.tokenizer import get_tokenizer
+    from rwkv1c.model.rwkv7 import RWKV7
+    from rwkv1c.model.tokenizer import get_tokenizer
 
     model = RWKV7.from_pth(tiny_pth, dtype=torch.float32)
     ids = get_tokenizer().encode(TEXTS[1])

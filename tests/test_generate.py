@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from rwkv1c.engine import Engine
+from rwkv1c.commands.generate import generate, unescape
+from rwkv1c.data.prompts import render_prompt
 from rwkv1c.errors import UserError
-from rwkv1c.generate import generate, unescape
-from rwkv1c.model import RWKV7
-from rwkv1c.prompts import render_prompt
-from rwkv1c.sampling import SamplingParams
-from rwkv1c.tokenizer import get_tokenizer
+from rwkv1c.infer.engine import Engine
+from rwkv1c.infer.sampling import SamplingParams
+from rwkv1c.model.rwkv7 import RWKV7
+from rwkv1c.model.tokenizer import get_tokenizer
 
 
 def expected(tiny_pth: Path, prompts: list[str], **kw) -> list[str]:

@@ -9,14 +9,16 @@ from typing import Any
 
 import pytest
 
-from rwkv1c import bsl, cli
+from rwkv1c import cli
+from rwkv1c.commands.harvest import harvest
+from rwkv1c.data.prompts import render_pair
 from rwkv1c.errors import UserError
-from rwkv1c.harvest import (
+from rwkv1c.onec import bsl
+from rwkv1c.onec.harvest import (
     HarvestSettings,
     NearDuplicateIndex,
     chunk_ranges,
     classify,
-    harvest,
     harvest_tree,
     read_source,
     repeated_headers,
@@ -24,7 +26,6 @@ from rwkv1c.harvest import (
     statement_starts,
     strip_header,
 )
-from rwkv1c.prompts import render_pair
 
 HEADER = (
     "////////////////////////////////////////\n"
@@ -245,9 +246,7 @@ def test_edt_project_end_to_end(edt_tree: Path, tmp_path: Path) -> None:
     (doc,) = [r for r in rows if r["task"] == "doc2code"]
     assert doc["source"] == "src/CommonModules/Расчеты/Module.bsl" and doc["context"] == ["server", "server_call"]
     assert doc["text"] == "".join(t for t, _ in render_pair(doc["prompt"], doc["response"]))
-    assert (
-        "СуммаСтрок(Таблица)" in doc["prompt"] and "Возвращает сумму строк табличной части." in doc["prompt"]
-    )
+    assert "СуммаСтрок(Таблица)" in doc["prompt"] and "Возвращает сумму строк табличной части." in doc["prompt"]
     assert "Таблица - ТаблицаЗначений - строки с колонкой Сумма." in doc["prompt"]
     assert doc["response"].startswith("Функция СуммаСтрок(Таблица) Экспорт") and "//" not in doc["response"]
     assert doc["response"].endswith("КонецФункции") and bsl.check_structure(doc["response"]) == []
@@ -311,7 +310,7 @@ def test_near_duplicates() -> None:
 
 
 def test_long_modules_are_cut_at_boundaries_within_the_budget() -> None:
-    from rwkv1c.harvest import default_encoder
+    from rwkv1c.onec.harvest import default_encoder
 
     encode = default_encoder()
     text = "#Область А\n\n" + "\n".join(unique_module(i) for i in range(12)) + "\n#КонецОбласти\n"
@@ -345,7 +344,7 @@ def test_completion_rows_cut_at_statement_starts(tmp_path: Path) -> None:
 
 def test_rows_are_accepted_by_prepare(edt_tree: Path) -> None:
     """Text rows train on everything; instruction rows are rendered from prompt/response with the prompt masked."""
-    from rwkv1c.prepare import parse_row
+    from rwkv1c.data.prepare import parse_row
 
     rows = harvest_tree(edt_tree, HarvestSettings(), split=False).train
     assert {r["task"] for r in rows} == {"text", "doc2code", "complete"}

@@ -7,16 +7,16 @@ import re
 import pytest
 import torch
 
-from rwkv1c.lora import (
+from rwkv1c.model.lora import (
     adapter_tensors,
     add_lora,
     extra_parameter_keys,
     load_adapter_tensors,
     lora_layers,
     param_groups,
-    quantize_block_linears,
 )
-from rwkv1c.model import RWKV7
+from rwkv1c.model.quant import quantize_block_linears
+from rwkv1c.model.rwkv7 import RWKV7
 from tests.conftest import random_state_dict
 
 VOCAB = 512

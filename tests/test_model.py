@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rwkv1c.errors import UserError
-from rwkv1c.model import RWKV7, ModelConfig, RWKVState, load_checkpoint
+from rwkv1c.model.rwkv7 import RWKV7, ModelConfig, RWKVState, load_checkpoint
 from tests.conftest import make_checkpoint, random_state_dict
 
 TOL = 1e-4  # max|dlogits| / std(logits), fp32
@@ -191,7 +191,7 @@ def test_refuses_deepembed_head_size_and_damage(tmp_path: Path) -> None:
 
 def test_init_checkpoint_loads_and_learns(tmp_path: Path) -> None:
     """`init` writes the official layout; a few full-parameter steps on a repeated string reduce the loss."""
-    from rwkv1c.init_model import init
+    from rwkv1c.commands.init import init
 
     out = tmp_path / "init.pth"
     init(out, n_layer=2, n_embd=64, vocab_size=256, dtype="fp32", seed=1)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rwkv1c import plan as p
+from rwkv1c.commands.plan import plan as plan_verb
 from rwkv1c.errors import UserError
+from rwkv1c.machine import memory as p
+from rwkv1c.model.config import ModelConfig, low_rank_sizes
 
 GIB = 2**30
 # Exact sizes of the released bf16 .pth files (Hugging Face LFS pointers): 2 bytes per parameter + pickle framing.
@@ -29,11 +31,11 @@ def test_parameter_count_matches_preset_label(preset: str, billions: float) -> N
 
 
 def test_released_low_rank_sizes() -> None:
-    assert p.ModelShape.for_width(24, 1024).d_gate == 128  # the 0.4B release (not the training rule's 160)
-    s = p.ModelShape.for_width(32, 2560)
+    assert ModelConfig(24, 1024).d_gate == 128  # the 0.4B release (not the training rule's 160)
+    s = ModelConfig(32, 2560)
     assert (s.d_decay, s.d_aaa, s.d_mv, s.d_gate) == (96, 96, 64, 320)
-    assert p.low_rank_for(4096) == (128, 128, 96, 480)
-    assert all(x % 32 == 0 and x >= 32 for x in p.low_rank_for(3072))
+    assert low_rank_sizes(4096) == (128, 128, 96, 480)
+    assert all(x % 32 == 0 and x >= 32 for x in low_rank_sizes(3072))
 
 
 def test_shape_from_checkpoint_counts_every_tensor(tiny_pth: Path) -> None:
@@ -48,10 +50,10 @@ def test_shape_from_checkpoint_counts_every_tensor(tiny_pth: Path) -> None:
 def test_hand_computed_terms_for_1_5b() -> None:
     shape = p.resolve_model("rwkv7-1.5b").shape
     c = p.Coefficients()
-    est = p.estimate(shape, p.RunShape("bf16", 1024, 1, True, 32), c)
-    assert est.terms["w_bf16"] == 24 * 12 * 2048**2 * 2  # r/k/v/o + ffn key/value (4C x C) in bf16
+    est = p.estimate(shape, p.RunShape("none", 1024, 1, True, 32), c)
+    assert est.terms["w_none"] == 24 * 12 * 2048**2 * 2  # r/k/v/o + ffn key/value (4C x C) in bf16
     assert est.terms["logit"] == 1024 * 65536 * c.logit_bytes
-    long = p.estimate(shape, p.RunShape("bf16", 4096, 2, True, 32), c)
+    long = p.estimate(shape, p.RunShape("none", 4096, 2, True, 32), c)
     assert long.terms["logit"] == est.terms["logit"]  # chunked cross-entropy: one 1024-position chunk alive
     assert est.terms["lora"] == 24 * 32 * (8 * 2048 + 2 * (2048 + 8192)) * 16
     assert est.terms["act"] == 1024 * 2048 * c.act_bytes  # one block recomputed at a time
@@ -63,13 +65,13 @@ def test_quantisation_and_checkpointing_lower_the_peak() -> None:
     shape = p.resolve_model("rwkv7-3b").shape
     c = p.Coefficients()
     peaks = {q: p.estimate(shape, p.RunShape(q, 512, 1, True), c).peak_gib for q in p.QUANTS}
-    assert peaks["nf4"] < peaks["int8"] < peaks["bf16"]
+    assert peaks["nf4"] < peaks["int8"] < peaks["none"]
     # int8 layers keep their inputs whatever checkpointing does: at long contexts that outweighs the weights
     long = {q: p.estimate(shape, p.RunShape(q, 8192, 1, True), c) for q in p.QUANTS}
-    assert long["int8"].peak_gib > long["bf16"].peak_gib
+    assert long["int8"].peak_gib > long["none"].peak_gib
     assert long["int8"].terms["int8_act"] > 0 and long["nf4"].terms["int8_act"] == 0
-    on = p.estimate(shape, p.RunShape("bf16", 4096, 1, True), c).peak_gib
-    off = p.estimate(shape, p.RunShape("bf16", 4096, 1, False), c).peak_gib
+    on = p.estimate(shape, p.RunShape("none", 4096, 1, True), c).peak_gib
+    off = p.estimate(shape, p.RunShape("none", 4096, 1, False), c).peak_gib
     assert on < off / 2
     one = p.estimate(shape, p.RunShape("nf4", 1024, 1, False), c)
     two = p.estimate(shape, p.RunShape("nf4", 1024, 2, False), c)
@@ -78,8 +80,8 @@ def test_quantisation_and_checkpointing_lower_the_peak() -> None:
 
 def test_host_ram_follows_the_checkpoint_size() -> None:
     c = p.Coefficients()
-    small = p.make_plan("rwkv7-0.1b", "bf16", 512, 1, True, None, coeffs=c)
-    big = p.make_plan("rwkv7-7.2b", "bf16", 512, 1, True, None, coeffs=c)
+    small = p.make_plan("rwkv7-0.1b", "none", 512, 1, True, None, coeffs=c)
+    big = p.make_plan("rwkv7-7.2b", "none", 512, 1, True, None, coeffs=c)
     assert big["estimate"]["host_ram_gib"] - small["estimate"]["host_ram_gib"] == pytest.approx(
         (14_400_009_405 - p.resolve_model("rwkv7-0.1b").checkpoint_bytes) / GIB, rel=0.01
     )
@@ -89,7 +91,7 @@ def _truth() -> p.Coefficients:
     """A made-up "real GPU": different from the first-principles prior in every fitted term."""
     return replace(
         p.Coefficients(),
-        bytes_per_param={"bf16": 2.0, "int8": 1.15, "nf4": 0.58},
+        bytes_per_param={"none": 2.0, "int8": 1.15, "nf4": 0.58},
         act_bytes=165.0,
         ckpt_bytes=3.0,
         int8_act_bytes=40.0,
@@ -120,7 +122,7 @@ def _measured(configs: list[tuple[str, str, int, int, bool]], truth: p.Coefficie
 TRAIN = [
     (m, q, ctx, 1, ckpt)
     for m in ("rwkv7-0.4b", "rwkv7-1.5b", "rwkv7-3b")
-    for q in ("bf16", "int8", "nf4")
+    for q in ("none", "int8", "nf4")
     for ctx, ckpt in ((512, False), (2048, True), (1024, False), (4096, True))
 ]
 
@@ -133,7 +135,7 @@ def test_calibrate_recovers_a_measured_table() -> None:
     result = p.calibrate(rows, prior)
     assert result.max_rel_err < 0.05
     assert result.coefficients.act_bytes == pytest.approx(165.0, rel=0.1)
-    assert result.coefficients.bytes_per_param["bf16"] == 2.0  # not fitted: exact by construction
+    assert result.coefficients.bytes_per_param["none"] == 2.0  # not fitted: exact by construction
     held_out = _measured([("rwkv7-1.5b", "nf4", 8192, 2, True), ("rwkv7-0.4b", "int8", 2048, 4, False)], _truth(), 0.0)
     _, held_err = p.compare([p.Measured.from_dict(r) for r in held_out], result.coefficients)
     assert held_err < 0.1
@@ -141,7 +143,7 @@ def test_calibrate_recovers_a_measured_table() -> None:
 
 def test_calibrate_rejects_bad_rows_and_names() -> None:
     with pytest.raises(UserError, match="lacks"):
-        p.calibrate([{"preset": "rwkv7-1.5b", "profile": "bf16"}], p.Coefficients())
+        p.calibrate([{"preset": "rwkv7-1.5b", "profile": "none"}], p.Coefficients())
     with pytest.raises(UserError, match="no measured rows"):
         p.calibrate([], p.Coefficients())
     with pytest.raises(UserError, match="unknown coefficients"):
@@ -190,9 +192,9 @@ def test_shipped_table_loads_and_says_where_it_comes_from() -> None:
 
 
 def test_fit_table_is_consistent_with_estimates() -> None:
-    result = p.make_plan("rwkv7-1.5b", "bf16", 2048, 2, True, 12.0, coeffs=p.Coefficients())
+    result = p.make_plan("rwkv7-1.5b", "none", 2048, 2, True, 12.0, coeffs=p.Coefficients())
     rows = result["fit_table"]
-    assert {(r["quant"], r["grad_ckpt"]) for r in rows} >= {("bf16", True), ("nf4", False)}
+    assert {(r["quant"], r["grad_ckpt"]) for r in rows} >= {("none", True), ("nf4", False)}
     shape = p.resolve_model("rwkv7-1.5b").shape
     for r in rows:
         assert r["fits"] == (r["device_gib"] <= 12.0)
@@ -227,14 +229,14 @@ def test_profile_file_sets_quantisation_rank_and_extra_groups(tmp_path: Path) ->
 
 def test_plan_rejects_bad_arguments() -> None:
     with pytest.raises(UserError) as err:
-        p.make_plan("rwkv7-1.5b", "bf16", 0, -1, True, -3.0)
+        p.make_plan("rwkv7-1.5b", "none", 0, -1, True, -3.0)
     text = str(err.value)
     assert "--ctx-len" in text and "--micro-bsz" in text and "--vram" in text
     with pytest.raises(UserError, match="unknown model"):
-        p.make_plan("rwkv7-99b", "bf16", 512, 1, True, None)
+        p.make_plan("rwkv7-99b", "none", 512, 1, True, None)
 
 
 def test_plan_verb_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
-    p.plan(model="rwkv7-0.4b", profile="nf4", ctx_len=1024, micro_bsz=1, vram=8.0)
+    plan_verb(model="rwkv7-0.4b", profile="nf4", ctx_len=1024, micro_bsz=1, vram=8.0)
     out = capsys.readouterr().out
     assert "rwkv7-0.4b" in out and "8 GiB GPU" in out and "max ctx" in out

@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv1c.binidx import BinIdxReader
+from rwkv1c.commands.prepare import prepare
+from rwkv1c.data.binidx import BinIdxReader
+from rwkv1c.data.prepare import PrepareSettings, output_prefix, run, setup
+from rwkv1c.data.prompts import render_messages, render_prompt
 from rwkv1c.errors import UserError
-from rwkv1c.prepare import PrepareSettings, output_prefix, prepare, run, setup
-from rwkv1c.prompts import render_messages, render_prompt
-from rwkv1c.tokenizer import get_tokenizer
+from rwkv1c.model.tokenizer import get_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
 TEXT_ROWS = [
-    {"text": "Процедура Тест()\r\n\tСообщить(\"Привет\");\r\nКонецПроцедуры\r\n"},
+    {"text": 'Процедура Тест()\r\n\tСообщить("Привет");\r\nКонецПроцедуры\r\n'},
     {"text": "Функция Сумма(А, Б) Экспорт\n\tВозврат А + Б;\nКонецФункции", "source": "extra fields are ignored"},
     {"text": "emoji 🎉 and English"},
 ]
@@ -256,8 +257,9 @@ def test_verb_prints_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, "-m", "rwkv1c", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "rwkv1c", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_command_line_end_to_end(tmp_path: Path) -> None:
@@ -283,8 +285,9 @@ def test_help_does_not_import_torch(tmp_path: Path) -> None:
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "--skip-bad" in done.stdout and "--workers" in done.stdout and "--output" in done.stdout
     assert done.stdout.strip().endswith("NO-TORCH")
@@ -296,9 +299,9 @@ def _worker_dies(*args: object) -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forked workers inherit the patch on Linux only")
 def test_a_dead_worker_is_reported_and_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rwkv1c.prepare
+    import rwkv1c.data.prepare
 
-    monkeypatch.setattr(rwkv1c.prepare, "encode_lines", _worker_dies)
+    monkeypatch.setattr(rwkv1c.data.prepare, "encode_lines", _worker_dies)
     inp = write_jsonl(tmp_path / "in.jsonl", TEXT_ROWS)
     with pytest.raises(UserError, match="stopped unexpectedly"):
         do_prepare(inp, tmp_path / "d", workers=2)
@@ -309,20 +312,29 @@ def test_shell_script(tmp_path: Path) -> None:
     script = REPO / "scripts" / "prepare_binidx.sh"
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
     assert usage.returncode == 2 and "usage: scripts/prepare_binidx.sh" in usage.stderr
-    missing = subprocess.run(["bash", str(script), str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "x")],
-                             capture_output=True, text=True, timeout=30)
+    missing = subprocess.run(
+        ["bash", str(script), str(tmp_path / "nope.jsonl"), "--output", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert missing.returncode == 1 and "input file not found" in missing.stderr
     inp = write_jsonl(tmp_path / "in.jsonl", TEXT_ROWS)
-    done = subprocess.run(["bash", str(script), str(inp), "--output", str(tmp_path / "s"), "--workers", "1"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    done = subprocess.run(
+        ["bash", str(script), str(inp), "--output", str(tmp_path / "s"), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert len(BinIdxReader(tmp_path / "s_text_document")) == 3
 
 
 def test_rendered_text_beside_a_pair_uses_the_pair() -> None:
     """`harvest` writes instruction rows with the rendered 'text' beside 'prompt'/'response': mask the prompt."""
-    from rwkv1c.prepare import parse_row
-    from rwkv1c.prompts import render_pair
+    from rwkv1c.data.prepare import parse_row
+    from rwkv1c.data.prompts import render_pair
 
     row = {"text": "User: q\n\nAssistant: a", "prompt": "q", "response": "a"}
     segments, instruction = parse_row(json.dumps(row).encode())
@@ -335,7 +347,7 @@ def test_binary_input_is_refused_up_front(tmp_path: Path) -> None:
     """A checkpoint passed by mistake gets one line, not a report of every 'bad line' in it."""
     inp = tmp_path / "model.pth"
     inp.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 64)
-    from rwkv1c.prepare import prepare
+    from rwkv1c.commands.prepare import prepare
 
     with pytest.raises(UserError, match="binary file, not JSONL") as info:
         prepare(inp, output=str(tmp_path / "d"))

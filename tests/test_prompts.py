@@ -6,14 +6,8 @@ import itertools
 
 import pytest
 
-from rwkv1c.prompts import (
-    TURN_SEPARATOR,
-    clean_user_text,
-    render_messages,
-    render_pair,
-    render_prompt,
-)
-from rwkv1c.tokenizer import get_tokenizer
+from rwkv1c.data.prompts import TURN_SEPARATOR, clean_user_text, render_messages, render_pair, render_prompt
+from rwkv1c.model.tokenizer import get_tokenizer
 
 
 def test_render_prompt_format() -> None:
@@ -104,10 +98,9 @@ def test_training_tokens_match_inference_tokens() -> None:
 def test_a_stop_string_marks_the_end_of_an_answer() -> None:
     text = "".join(t for t, _ in render_messages(CONVERSATION))
     first_answer_end = text.index(" ТекущаяДата()") + len(" ТекущаяДата()")
-    from rwkv1c.generate import chat_stops
-    from rwkv1c.sampling import SamplingParams
+    from rwkv1c.infer.sampling import SamplingParams
 
-    stops = chat_stops(SamplingParams(stop_at_blank_line=False)).stop_strings
+    stops = SamplingParams(stop_at_blank_line=False).for_chat().stop_strings
     assert any(text.startswith(stop, first_answer_end) for stop in stops)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rwkv1c.sampling import Penalties, SamplingParams, frequency_weights, nucleus_mask, sample
+from rwkv1c.infer.sampling import Penalties, SamplingParams, frequency_weights, nucleus_mask, sample
 
 
 def package_distribution(logits: torch.Tensor, temperature: float, top_p: float, top_k: int) -> np.ndarray:

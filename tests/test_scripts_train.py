@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rwkv1c.model import load_checkpoint
+from rwkv1c.model.rwkv7 import load_checkpoint
 from tests.conftest import REPO
 
 TINY = ["--ctx-len", "32", "--micro-bsz", "2", "--grad-accum", "1", "--device", "cpu", "--override", "WARMUP_STEPS=1"]
@@ -31,7 +31,7 @@ def script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rwkv1c.binidx import BinIdxWriter
+    from rwkv1c.data.binidx import BinIdxWriter
 
     prefix = tmp_path_factory.mktemp("data") / "train"
     g = torch.Generator().manual_seed(0)

@@ -12,11 +12,11 @@ import openai
 import pytest
 import torch
 
-from rwkv1c.engine import Engine
-from rwkv1c.model import RWKV7
-from rwkv1c.sampling import SamplingParams
-from rwkv1c.serve import Server, render_chat
-from rwkv1c.tokenizer import get_tokenizer
+from rwkv1c.infer.engine import Engine
+from rwkv1c.infer.sampling import SamplingParams
+from rwkv1c.infer.server import Server, render_chat
+from rwkv1c.model.rwkv7 import RWKV7
+from rwkv1c.model.tokenizer import get_tokenizer
 
 KEY = "test-key"
 NAME = "tiny"

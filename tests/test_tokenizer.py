@@ -7,14 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rwkv1c.tokenizer import (
-    END_OF_DOC,
-    VOCAB_SIZE,
-    StreamDecoder,
-    Tokenizer,
-    get_tokenizer,
-    load_vocab_bytes,
-)
+from rwkv1c.model.tokenizer import END_OF_DOC, VOCAB_SIZE, StreamDecoder, Tokenizer, get_tokenizer, load_vocab_bytes
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus" / "ssl-3.2-ru"
 
@@ -30,7 +23,7 @@ BSL = (
     "КонецФункции\r\n\r\n#КонецОбласти\r\n"
 )
 ENGLISH = (
-    "def fib(n: int) -> int:\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
+    'def fib(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'
     "    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n"
     "if __name__ == '__main__':\n\tprint(fib(10))  # 55\n"
 )

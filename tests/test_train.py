@@ -15,11 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rwkv1c.binidx import BinIdxWriter
+from rwkv1c.data.binidx import BinIdxWriter
 from rwkv1c.errors import UserError
-from rwkv1c.lora import lora_layers
-from rwkv1c.model import RWKV7, load_checkpoint
-from rwkv1c.train import build_loss_module, build_model, compile_blocks_for, fit, setup
+from rwkv1c.model.lora import lora_layers
+from rwkv1c.model.rwkv7 import RWKV7, load_checkpoint
+from rwkv1c.train.build import build_model, compile_blocks_for, load_base
+from rwkv1c.train.loop import fit
+from rwkv1c.train.loss import build_loss_module
+from rwkv1c.train.settings import resolve_run as setup
 from tests.conftest import make_checkpoint
 
 VOCAB = 256
@@ -80,7 +83,7 @@ def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_compile_setting(assets: dict[str, Path], setting: str, compiled: bool) -> None:
     """COMPILE=auto compiles the blocks on a GPU only; `on` forces it (CPU too), `off` never."""
     spec = start(assets, f"compile-{setting}", compile=setting)
-    assert build_model(spec, "cpu", "fp32")[0].compile_blocks is compiled
+    assert build_model(load_base(spec.model, "fp32"), spec.cfg, "cpu")[0].compile_blocks is compiled
 
 
 @pytest.mark.parametrize(
@@ -108,7 +111,7 @@ def test_compile_setting_refuses_other_values(assets: dict[str, Path]) -> None:
 def test_every_profile_learns_and_changes_only_the_adapter(assets: dict[str, Path], quant: str) -> None:
     extra = ("norms",) if quant == "none" else ()
     spec = start(assets, f"learn-{quant}", quant, max_steps=12, train_extra=",".join(extra))
-    initial = trained_state(build_model(spec, "cpu", "fp32")[0])
+    initial = trained_state(build_model(load_base(spec.model, "fp32"), spec.cfg, "cpu")[0])
     result = fit(spec)
     assert result["last_loss"] < 0.75 * result["first_loss"], result  # falls clearly (6.0 -> ~4 nats)
     final = trained_state(result["model"])
@@ -147,7 +150,8 @@ def test_run_folder_holds_everything(assets: dict[str, Path]) -> None:
     assert adapter["method"] == "lora" and adapter["quantization"] == "none"
     assert (adapter["r"], adapter["alpha"]) == (8, 16.0) and "att.key" in adapter["targets"]
     assert adapter["base"]["file"] == "base.pth" and len(adapter["base"]["sha256"]) == 64
-    assert adapter["prompt_format"] == "rwkv-chat" and adapter["training"]["train"]["lr"] == 3e-2
+    assert adapter["prompt_format"] == "text"  # trained on plain text rows: prompts are text to continue
+    assert adapter["training"]["train"]["lr"] == 3e-2
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -216,8 +220,8 @@ def test_resume_takes_every_setting_back_as_text_and_refuses_real_changes(assets
 def test_several_processes_vote_on_stopping_together(monkeypatch: pytest.MonkeyPatch) -> None:
     """With several processes every one joins the stop vote at the same steps, whatever its own flag (a rank
     that skipped the collective would leave the others waiting forever); between votes nobody stops."""
-    import rwkv1c.train as t
-    from rwkv1c.distributed import DistInfo
+    import rwkv1c.train.loop as t
+    from rwkv1c.train.distributed import DistInfo
 
     votes: list[tuple[int, float]] = []
     step_now = 0
@@ -239,7 +243,8 @@ def test_several_processes_vote_on_stopping_together(monkeypatch: pytest.MonkeyP
 
 
 def test_packed_window_loss_equals_documents_run_alone(assets: dict[str, Path]) -> None:
-    from rwkv1c.data import InMemoryDocuments, PackedStream
+    from rwkv1c.data.documents import InMemoryDocuments
+    from rwkv1c.data.packing import PackedStream
 
     model = RWKV7.from_pth(assets["model"], dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
@@ -259,7 +264,7 @@ def test_packed_window_loss_equals_documents_run_alone(assets: dict[str, Path]) 
 
 
 def test_masked_targets_get_no_gradient(assets: dict[str, Path]) -> None:
-    from rwkv1c.lora import add_lora
+    from rwkv1c.model.lora import add_lora
 
     model = RWKV7.from_pth(assets["model"], dtype=torch.float32)
     add_lora(model, r=4, alpha=8)
@@ -400,7 +405,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
 
 
 def test_out_of_memory_explains_what_to_lower(assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    import rwkv1c.train as T
+    import rwkv1c.train.loss as T
 
     real = T.build_loss_module
 
@@ -425,7 +430,7 @@ def test_out_of_memory_explains_what_to_lower(assets: dict[str, Path], monkeypat
 def test_chunked_loss_and_gradients_equal_plain_cross_entropy(
     assets: dict[str, Path], monkeypatch: pytest.MonkeyPatch, head_trained: bool
 ) -> None:
-    import rwkv1c.train as T
+    import rwkv1c.train.loss as T
 
     monkeypatch.setattr(T, "CE_CHUNK", 7)  # several chunks, the last one short
     model = RWKV7.from_pth(assets["model"], dtype=torch.float32)
@@ -498,7 +503,7 @@ def test_cli_train_then_merge_end_to_end(tiny_pth: Path, tmp_path: Path) -> None
 @pytest.mark.slow
 def test_two_processes_match_one_at_the_same_global_batch(assets: dict[str, Path]) -> None:
     """torchrun DDP (gloo, CPU): 2 ranks x micro-batch 1 follow the loss curve of 1 rank x micro-batch 2."""
-    from rwkv1c.train import train
+    from rwkv1c.commands.train import train
 
     common = {
         "model": assets["model"],

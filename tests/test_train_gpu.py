@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from rwkv1c.lora import add_lora, lora_layers
-from rwkv1c.model import RWKV7
-from rwkv1c.train import build_loss_module
-from rwkv1c.wkv import fla_available
+from rwkv1c.model.lora import add_lora, lora_layers
+from rwkv1c.model.rwkv7 import RWKV7
+from rwkv1c.model.wkv import fla_available
+from rwkv1c.train.loss import build_loss_module
 
 pytestmark = [
     pytest.mark.gpu,
@@ -101,7 +101,8 @@ def test_gpu_loss_and_lora_gradients_match_cpu(
 
 
 def test_packed_window_on_gpu_equals_documents_alone(base: Path) -> None:
-    from rwkv1c.data import InMemoryDocuments, PackedStream
+    from rwkv1c.data.documents import InMemoryDocuments
+    from rwkv1c.data.packing import PackedStream
 
     model = RWKV7.from_pth(base, device="cuda", dtype=torch.float32)
     g = torch.Generator().manual_seed(3)
@@ -120,9 +121,10 @@ def test_packed_window_on_gpu_equals_documents_alone(base: Path) -> None:
 
 @pytest.mark.parametrize("profile", ["lora-bf16", "qlora-nf4", "qlora-int8"])
 def test_every_profile_trains_on_gpu(base: Path, tmp_path: Path, profile: str) -> None:
-    from rwkv1c.adapter import load_model
-    from rwkv1c.binidx import BinIdxWriter
-    from rwkv1c.train import fit, setup
+    from rwkv1c.data.binidx import BinIdxWriter
+    from rwkv1c.model.loader import load_model
+    from rwkv1c.train.loop import fit
+    from rwkv1c.train.settings import resolve_run as setup
 
     rng = np.random.default_rng(0)
     with BinIdxWriter(tmp_path / "seq") as w:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rwkv1c.wkv import wkv, wkv_chunked, wkv_reference
+from rwkv1c.model.wkv import wkv, wkv_chunked, wkv_reference
 
 
 def random_inputs(B: int, T: int, H: int, N: int = 64, seed: int = 0, requires_grad: bool = False):
@@ -88,7 +88,7 @@ def test_dispatch_rejects_unknown_impl() -> None:
 
 def test_compute_dtype_for_mixed_inputs() -> None:
     """fla needs one dtype: mixed bf16 / fp32 inputs (autocast, quantised layers) run in bf16."""
-    from rwkv1c.wkv import _compute_dtype
+    from rwkv1c.model.wkv import _compute_dtype
 
     f32, bf16 = torch.zeros(1), torch.zeros(1, dtype=torch.bfloat16)
     assert _compute_dtype(f32, f32) == torch.float32
@@ -123,7 +123,7 @@ def test_fla_wrapper_segments_and_states(monkeypatch: pytest.MonkeyPatch) -> Non
     import sys
     import types
 
-    from rwkv1c.wkv import varlen_segments, wkv_fla
+    from rwkv1c.model.wkv import varlen_segments, wkv_fla
 
     module = types.ModuleType("fla.ops.rwkv7")
     module.chunk_rwkv7 = fake_chunk_rwkv7  # type: ignore[attr-defined]
@@ -150,7 +150,7 @@ def test_fla_wrapper_segments_and_states(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_auto_resolves_once_to_a_concrete_kernel() -> None:
-    from rwkv1c.wkv import resolve_impl
+    from rwkv1c.model.wkv import resolve_impl
 
     assert resolve_impl("auto", False, 5) == "chunked" and resolve_impl("auto", False, 1) == "reference"
     assert resolve_impl("reference", True, 5) == "reference" and resolve_impl("fla", False, 5) == "fla"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rwkv1c.wkv import fla_available, wkv_fla, wkv_reference
+from rwkv1c.model.wkv import fla_available, wkv_fla, wkv_reference
 from tests.test_wkv import random_inputs
 
 pytestmark = [
@@ -83,7 +83,7 @@ def test_fla_gradients(dtype: torch.dtype, tol: float) -> None:
 
 
 def test_model_on_gpu_matches_cpu(tiny_pth) -> None:
-    from rwkv1c.model import RWKV7
+    from rwkv1c.model.rwkv7 import RWKV7
 
     cpu = RWKV7.from_pth(tiny_pth, dtype=torch.float32)
     gpu = RWKV7.from_pth(tiny_pth, device="cuda", dtype=torch.float32)

@@ -22,19 +22,19 @@ from rwkv1c.errors import UserError
 
 # verb -> "module:function". Adding a verb is one line here.
 COMMANDS: dict[str, str] = {
-    "init": "rwkv1c.init_model:init",
-    "inspect": "rwkv1c.inspect_model:inspect_checkpoint",
-    "prepare": "rwkv1c.prepare:prepare",
-    "train": "rwkv1c.train:train",
-    "merge": "rwkv1c.merge:merge",
-    "generate": "rwkv1c.generate:generate",
-    "chat": "rwkv1c.chat:chat",
-    "serve": "rwkv1c.serve:serve",
-    "harvest": "rwkv1c.harvest:harvest",
-    "eval": "rwkv1c.evaluate:evaluate",
-    "doctor": "rwkv1c.doctor:doctor",
-    "plan": "rwkv1c.plan:plan",
-    "download": "rwkv1c.download:download",
+    "init": "rwkv1c.commands.init:init",
+    "inspect": "rwkv1c.commands.inspect:inspect_checkpoint",
+    "prepare": "rwkv1c.commands.prepare:prepare",
+    "train": "rwkv1c.commands.train:train",
+    "merge": "rwkv1c.commands.merge:merge",
+    "generate": "rwkv1c.commands.generate:generate",
+    "chat": "rwkv1c.commands.chat:chat",
+    "serve": "rwkv1c.commands.serve:serve",
+    "harvest": "rwkv1c.commands.harvest:harvest",
+    "eval": "rwkv1c.commands.eval:evaluate",
+    "doctor": "rwkv1c.commands.doctor:doctor",
+    "plan": "rwkv1c.commands.plan:plan",
+    "download": "rwkv1c.commands.download:download",
 }
 
 

@@ -254,24 +254,35 @@ def load_presets(root: Path | None = None) -> list[ModelPreset]:
     return [load_preset(n, root) for n in preset_names(root)]
 
 
+def preset_matching(n_layer: int, n_embd: int, root: Path | None = None) -> str | None:
+    """The model preset with these sizes (configs/model/*.env), if exactly one matches."""
+    matches = [p.name for p in load_presets(root) if (p.n_layer, p.n_embd) == (n_layer, n_embd)]
+    return matches[0] if len(matches) == 1 else None
+
+
 def env_overrides(values: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     """CLI overrides as a `KEY -> value` mapping, dropping flags the user did not give (None)."""
     return {k.upper(): v for k, v in values if v is not None}
 
 
-LORA_TARGETS = ("att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value")
-EXTRA_GROUPS = ("norms", "time_mix", "emb", "head")
+# The six large matrices of every block: what LoRA adapts and what QLoRA and quantised inference store
+# in 8 or 4 bits (the names of their checkpoint keys, `blocks.N.<name>.weight`).
+BLOCK_LINEARS = ("att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value")
+EXTRA_GROUPS = ("norms", "time_mix", "emb", "head")  # parameter groups that can train whole
+# How the block linears are stored: "none" is full precision (bf16 / fp16 / fp32), the one spelling of it.
+Quant = Literal["none", "int8", "nf4"]
+QUANTS: tuple[Quant, ...] = ("none", "int8", "nf4")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Fine-tuning settings: `configs/profile/<name>.env` over a model preset's CTX_LEN / LR, then CLI flags."""
 
-    quant: Literal["none", "nf4", "int8"] = "none"  # how the frozen block linears are stored
+    quant: Quant = "none"  # how the frozen block linears are stored
     lora_r: int = 32
     lora_alpha: float = 64.0  # the adapter's update is (alpha / r) * B @ A
     lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = LORA_TARGETS  # block linears that get LoRA (att.*, ffn.*)
+    lora_targets: tuple[str, ...] = BLOCK_LINEARS  # block linears that get LoRA (att.*, ffn.*)
     train_extra: tuple[str, ...] = ()  # whole parameter groups trained too: norms, time_mix, emb, head
     lr: float = 1e-4
     lr_final_ratio: float = 0.1  # cosine decay ends at lr * this
@@ -307,9 +318,9 @@ class TrainConfig:
             problems.append("LORA_DROPOUT and VAL_FRACTION must be in [0, 1), LR_FINAL_RATIO in [0, 1]")
         if self.weight_decay < 0 or self.grad_clip < 0:
             problems.append("WEIGHT_DECAY and GRAD_CLIP must not be negative")
-        bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        bad = [t for t in self.lora_targets if t not in BLOCK_LINEARS]
         if bad or not self.lora_targets:
-            problems.append(f"LORA_TARGETS={','.join(self.lora_targets)}: choose from {', '.join(LORA_TARGETS)}")
+            problems.append(f"LORA_TARGETS={','.join(self.lora_targets)}: choose from {', '.join(BLOCK_LINEARS)}")
         bad = [g for g in self.train_extra if g not in EXTRA_GROUPS]
         if bad:
             problems.append(f"TRAIN_EXTRA={','.join(bad)}: choose from {', '.join(EXTRA_GROUPS)}")

@@ -1,0 +1,75 @@
+"""The model a run trains: the frozen base, optionally quantised, with LoRA (and whole extra groups) on top.
+
+`build_model` is the one recipe: `rwkv1c train` calls it on the checkpoint it loaded, and
+`bench/train.py` on random weights with the released shapes, so the benchmark measures exactly what
+training runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from rwkv1c.config import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from rwkv1c.model.rwkv7 import RWKV7
+
+Precision = Literal["bf16", "fp32"]
+
+
+def precision_for(cfg: TrainConfig, device: str) -> Precision:
+    """PRECISION=auto: bf16 autocast on a GPU, fp32 on the CPU."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if device == "cuda" else "fp32"
+
+
+def base_dtype(precision: Precision) -> torch.dtype:
+    """The dtype the frozen base is held in: bf16 under bf16 autocast, else fp32."""
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def load_base(path: Path, precision: Precision) -> RWKV7:
+    """The base checkpoint on the CPU in the dtype `precision` trains it in (`build_model` moves it)."""
+    from rwkv1c.model.rwkv7 import RWKV7
+
+    return RWKV7.from_pth(path, device="cpu", dtype=base_dtype(precision))
+
+
+def compile_blocks_for(setting: str, device: str, quant: str) -> bool:
+    """Whether COMPILE=`setting` sends the blocks through torch.compile: `auto` does on a GPU, except with
+    int8 layers, whose quantisation has data-dependent shapes: the graph breaks at every layer, and the
+    compile of those fragments (minutes on the first step, again when validation flips grad mode) costs
+    more than the fusion saves."""
+    if setting == "auto":
+        return device == "cuda" and quant != "int8"
+    return setting == "on"
+
+
+def build_model(model: RWKV7, cfg: TrainConfig, device: Any) -> tuple[RWKV7, list[str]]:
+    """Quantise the block linears as QUANT says, move to `device`, add LoRA (seeded: the same initial
+    adapter on every rank and every resume), set the compile flag. Returns the model in train mode and
+    the checkpoint keys of the extra parameter groups that train whole."""
+    import torch
+
+    from rwkv1c.model.lora import add_lora
+    from rwkv1c.model.quant import quantize_block_linears
+
+    quantize_block_linears(model, cfg.quant, device=device, compute_dtype=model.emb.weight.dtype)
+    model.to(device)
+    torch.manual_seed(cfg.seed)
+    extra = add_lora(
+        model,
+        r=cfg.lora_r,
+        alpha=cfg.lora_alpha,
+        dropout=cfg.lora_dropout,
+        targets=cfg.lora_targets,
+        extra=cfg.train_extra,
+    )
+    model.compile_blocks = compile_blocks_for(cfg.compile, torch.device(device).type, cfg.quant)
+    return model.train(), extra

@@ -103,6 +103,7 @@ def test_each_command_lives_in_its_own_module() -> None:
         module, _, func = target.partition(":")
         assert module.startswith("rwkv1c.commands."), verb
         assert module in MODULES, f"{verb}: {module} does not exist"
+        assert f"def {func}(" in MODULES[module].read_text(encoding="utf-8"), f"{verb}: no {func} in {module}"
     assert len({t.partition(":")[0] for t in COMMANDS.values()}) == len(COMMANDS)
 
 

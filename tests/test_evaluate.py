@@ -59,11 +59,12 @@ def direct_nll(pth: Path, texts: list[str], adapter: Path | None = None) -> floa
     return total
 
 
-def make_adapter(folder: Path, base: Path) -> Path:
+def make_adapter(folder: Path, base: Path, prompt_format: str = "rwkv-chat") -> Path:
     """A LoRA adapter on att.key of every block, with non-zero B so that it changes the model."""
     from rwkv1c.fsutil import sha256_file
     from rwkv1c.model.adapter import adapter_config, save_adapter
-    from rwkv1c.model.rwkv7 import ModelConfig, load_checkpoint
+    from rwkv1c.model.checkpoint import load_checkpoint
+    from rwkv1c.model.config import ModelConfig
 
     config = ModelConfig.from_state_dict(load_checkpoint(base))
     g = torch.Generator().manual_seed(1)
@@ -84,6 +85,7 @@ def make_adapter(folder: Path, base: Path) -> Path:
         extra_keys=[],
         training={},
         step=0,
+        prompt_format=prompt_format,  # type: ignore[arg-type]
     )
     save_adapter(folder, tensors, cfg)
     return folder
@@ -252,3 +254,21 @@ def test_entry_names_are_unique(tmp_path: Path) -> None:
     a, b = tmp_path / "x" / "m.pth", tmp_path / "y" / "m.pth"
     names = [e.name for e in entries_for([a, b], [tmp_path / "run1" / "adapter"])]
     assert names == ["m", "m#2", "m+adapter"]
+
+
+def test_each_entry_is_prompted_in_its_adapter_s_format(tiny_pth: Path, tmp_path: Path) -> None:
+    """A chat-trained adapter gets chat turns; one trained on plain code gets the code to continue."""
+    from rwkv1c.onec.evaluate import Entry, Prompt, prompt_format_of, render_for
+
+    chat = make_adapter(tmp_path / "chat", tiny_pth)
+    text = make_adapter(tmp_path / "text", tiny_pth, prompt_format="text")
+    assert prompt_format_of(Entry("base", tiny_pth)) == "rwkv-chat"
+    assert prompt_format_of(Entry("chat", tiny_pth, chat)) == "rwkv-chat"
+    assert prompt_format_of(Entry("text", tiny_pth, text)) == "text"
+    task = Prompt(id="t", set="builtin", language="ru", user="Напиши функцию суммы")
+    completion = Prompt(id="c", set="completion", language="ru", user="Продолжи\nПроцедура А()", prefix="Процедура А()")
+    assert render_for(task, "rwkv-chat").startswith("User: Напиши") and render_for(task, "rwkv-chat").endswith(
+        "Assistant:"
+    )
+    assert render_for(task, "text") == "// Напиши функцию суммы\n"
+    assert render_for(completion, "text") == "Процедура А()"

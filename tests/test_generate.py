@@ -131,3 +131,27 @@ def test_old_script_names_wrap_the_engine(tiny_pth: Path) -> None:
     assert "ignored" in r.stderr and "git" not in r.stderr
     r = subprocess.run(["bash", str(repo / "scripts" / "run_albatross.sh")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "ALBATROSS_MODEL" in r.stderr
+
+
+@pytest.mark.parametrize(("fmt", "flag", "chat_used"), [
+    ("rwkv-chat", None, True),  # a chat-tuned adapter is prompted in the chat format without a flag
+    ("text", None, False),  # one trained on plain code continues the text as given
+    ("rwkv-chat", False, False),  # a flag still overrides
+    ("text", True, True),
+])  # fmt: skip
+def test_the_adapter_s_prompt_format_is_the_default(
+    tiny_pth: Path, tmp_path: Path, fmt: str, flag: bool | None, chat_used: bool
+) -> None:
+    from rwkv1c.model.loader import load_model
+    from tests.test_evaluate import make_adapter
+
+    adapter = make_adapter(tmp_path / "adapter", tiny_pth, prompt_format=fmt)
+    out = tmp_path / "answer.txt"
+    prompt = "Напиши процедуру"
+    generate(model=tiny_pth, adapter=adapter, prompt=prompt, chat=flag, temperature=0, max_tokens=5, output=out)
+    model = load_model(tiny_pth, adapter, dtype=torch.float32)
+    text = render_prompt(prompt) if chat_used else prompt
+    (want,) = [
+        c.text for c in Engine(model, get_tokenizer()).generate([text], SamplingParams(temperature=0, max_tokens=5))
+    ]
+    assert out.read_text(encoding="utf-8") == want

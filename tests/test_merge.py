@@ -12,10 +12,11 @@ from rwkv1c.commands.merge import merge
 from rwkv1c.errors import UserError
 from rwkv1c.fsutil import sha256_file
 from rwkv1c.model.adapter import adapter_config, save_adapter
+from rwkv1c.model.checkpoint import load_checkpoint
 from rwkv1c.model.loader import load_model
 from rwkv1c.model.lora import adapter_tensors, add_lora, lora_layers
 from rwkv1c.model.quant import quantize_block_linears
-from rwkv1c.model.rwkv7 import RWKV7, load_checkpoint
+from rwkv1c.model.rwkv7 import RWKV7
 from tests.conftest import make_checkpoint
 
 TOL = 1e-4  # max |dlogits| / std(logits), fp32

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from rwkv1c.errors import UserError
-from rwkv1c.model.rwkv7 import RWKV7, ModelConfig, RWKVState, load_checkpoint
+from rwkv1c.model.checkpoint import load_checkpoint
+from rwkv1c.model.config import ModelConfig
+from rwkv1c.model.rwkv7 import RWKV7, RWKVState
 from tests.conftest import make_checkpoint, random_state_dict
 
 TOL = 1e-4  # max|dlogits| / std(logits), fp32

@@ -240,3 +240,30 @@ def test_plan_verb_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
     plan_verb(model="rwkv7-0.4b", profile="nf4", ctx_len=1024, micro_bsz=1, vram=8.0)
     out = capsys.readouterr().out
     assert "rwkv7-0.4b" in out and "8 GiB GPU" in out and "max ctx" in out
+
+
+def test_the_shipped_calibration_is_the_refit_of_the_measured_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rwkv1c plan --refit bench/results/train_vram.json` reproduces the table the package ships."""
+    import json
+
+    measured = Path(__file__).resolve().parents[1] / "bench" / "results" / "train_vram.json"
+    shipped = json.loads(p.CALIBRATION_FILE.read_text(encoding="utf-8"))
+    out = tmp_path / "refit.json"
+    result = p.calibrate_file(measured, save_to=out)
+    refit = json.loads(out.read_text(encoding="utf-8"))
+    got, want = dict(refit["coefficients"]), dict(shipped["coefficients"])
+    assert got.pop("bytes_per_param") == pytest.approx(want.pop("bytes_per_param"), rel=1e-9)
+    assert got.pop("source") == want.pop("source")
+    assert got == pytest.approx(want, rel=1e-9)
+    assert result.max_rel_err < 0.08
+    printed = capsys.readouterr().out
+    assert "largest relative error" in printed and printed.count("\n") >= len(refit["measured"])
+
+
+def test_plan_refit_command_checks_its_arguments(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--refit"):
+        plan_verb(save=True)
+    with pytest.raises(UserError, match="not found"):
+        plan_verb(refit=tmp_path / "none.json")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rwkv1c.model.rwkv7 import load_checkpoint
+from rwkv1c.model.checkpoint import load_checkpoint
 from tests.conftest import REPO
 
 TINY = ["--ctx-len", "32", "--micro-bsz", "2", "--grad-accum", "1", "--device", "cpu", "--override", "WARMUP_STEPS=1"]

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from rwkv1c.data.binidx import BinIdxWriter
 from rwkv1c.errors import UserError
+from rwkv1c.model.checkpoint import load_checkpoint
 from rwkv1c.model.lora import lora_layers
-from rwkv1c.model.rwkv7 import RWKV7, load_checkpoint
+from rwkv1c.model.rwkv7 import RWKV7
 from rwkv1c.train.build import build_model, compile_blocks_for, load_base
 from rwkv1c.train.loop import fit
 from rwkv1c.train.loss import build_loss_module
@@ -491,6 +492,7 @@ def test_cli_train_then_merge_end_to_end(tiny_pth: Path, tmp_path: Path) -> None
     adapter = load_file(str(tmp_path / "e2e" / "adapter" / "adapter_model.safetensors"))
     config = json.loads((tmp_path / "e2e" / "adapter" / "adapter_config.json").read_text())
     assert config["scale"] == 2.0  # the profile's alpha 64 / r 32, read from the folder
+    assert config["prompt_format"] == "rwkv-chat"  # the sample holds instruction rows: chat-tuned
     for key in ("blocks.0.att.receptance.weight", "blocks.1.ffn.value.weight"):
         module = key[: -len(".weight")]
         delta = adapter[f"{module}.lora_B"] @ adapter[f"{module}.lora_A"]

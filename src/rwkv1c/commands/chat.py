@@ -125,9 +125,16 @@ def chat(
 
     from rwkv1c.infer.chat import ChatSession
     from rwkv1c.infer.engine import describe, load_engine
+    from rwkv1c.model.adapter import prompt_format, read_adapter_config
 
     if max_tokens < 1:
         raise UserError(f"--max-tokens must be >= 1, got {max_tokens}")
+    if adapter is not None and prompt_format(read_adapter_config(adapter)) != "rwkv-chat":
+        print(
+            f"rwkv1c chat: note: {adapter} was trained on plain text, not on chat turns; its replies may not "
+            "follow the chat format (`rwkv1c generate --prompt CODE` continues code instead)",
+            file=sys.stderr,
+        )
     params = dataclasses.replace(
         DEFAULTS,
         max_tokens=max_tokens,

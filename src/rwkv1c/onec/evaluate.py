@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from rwkv1c.errors import UserError, raise_all
 from rwkv1c.fsutil import atomic_open, atomic_path, write_json
-from rwkv1c.model.adapter import read_adapter_config
+from rwkv1c.model.adapter import PromptFormat, read_adapter_config
 from rwkv1c.model.loader import Device, DType
 from rwkv1c.onec import bsl
 from rwkv1c.text import normalize_newlines
@@ -406,12 +406,10 @@ def run(plan: EvalPlan) -> dict[str, Any]:
     """Evaluate every entry; returns the report and writes generations.jsonl into the output folder."""
     import torch
 
-    from rwkv1c.data.prompts import render_prompt
     from rwkv1c.model.loader import load_model
     from rwkv1c.model.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer()
-    rendered = [render_prompt(p.user) for p in plan.prompts]
     plan.output.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"settings": plan.settings, "entries": []}
     generations: list[dict[str, Any]] = []
@@ -424,10 +422,12 @@ def run(plan: EvalPlan) -> dict[str, Any]:
             f"({loss['tokens']} tokens, {loss['seconds']:.1f} s)",
             file=sys.stderr,
         )
+        fmt = prompt_format_of(entry)
         result: dict[str, Any] = {
             "name": entry.name,
             "model": str(entry.model),
             "adapter": str(entry.adapter) if entry.adapter else None,
+            "prompt_format": fmt,
             "loss": loss,
         }
         if plan.prompts:
@@ -435,7 +435,7 @@ def run(plan: EvalPlan) -> dict[str, Any]:
             answers = generate_answers(
                 net,
                 tokenizer,
-                rendered,
+                [render_for(p, fmt) for p in plan.prompts],
                 max_new_tokens=plan.max_new_tokens,
                 batch_size=plan.batch_size,
                 seed=plan.seed,
@@ -477,6 +477,25 @@ def run(plan: EvalPlan) -> dict[str, Any]:
     }
     report["generation_backend"] = "rwkv1c.infer.engine.Engine (greedy)"
     return report
+
+
+def prompt_format_of(entry: Entry) -> PromptFormat:
+    """How an entry is prompted: its adapter's prompt format; a model without an adapter, in the chat format."""
+    from rwkv1c.model.adapter import prompt_format
+
+    return prompt_format(read_adapter_config(entry.adapter)) if entry.adapter else "rwkv-chat"
+
+
+def render_for(prompt: Prompt, fmt: PromptFormat) -> str:
+    """The text a model in prompt format `fmt` is given: a chat turn, or (an adapter trained on plain code)
+    the task as a BSL comment, and a completion prompt as the code to continue."""
+    from rwkv1c.data.prompts import render_prompt
+
+    if fmt == "rwkv-chat":
+        return render_prompt(prompt.user)
+    if prompt.prefix:
+        return prompt.prefix
+    return "".join(f"// {line}\n" for line in prompt.user.splitlines())
 
 
 def _by_set(prompts: Sequence[Prompt], scored: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -543,9 +562,10 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"structurally valid {ref['structural_valid']:.1%}, keyword-language consistency "
             f"{ref['language_consistency']:.1%}, free of foreign syntax {ref['foreign_free']:.1%}.",
         ]
-    lines += ["", "| model | file | adapter | tokens scored |", "|---|---|---|---|"]
+    lines += ["", "| model | file | adapter | prompted as | tokens scored |", "|---|---|---|---|---|"]
     for e in entries:
-        lines.append(f"| {e['name']} | `{e['model']}` | {e['adapter'] or '—'} | {e['loss']['tokens']} |")
+        fmt = e.get("prompt_format", "rwkv-chat")
+        lines.append(f"| {e['name']} | `{e['model']}` | {e['adapter'] or '—'} | {fmt} | {e['loss']['tokens']} |")
     lines += [
         "",
         "Bits per byte = sum of token NLL (nats) / ln 2 / UTF-8 bytes: lower is better and comparable across "

@@ -17,7 +17,7 @@ from rwkv1c.onec.evaluate import (
     Prompt,
     builtin_tasks,
     completion_prompts,
-    document_nll,
+    documents_nll,
     entries_for,
     score_answer,
     task_prompts,
@@ -96,11 +96,13 @@ def test_chunked_nll_equals_one_pass(tiny_pth: Path) -> None:
     from rwkv1c.model.tokenizer import get_tokenizer
 
     model = RWKV7.from_pth(tiny_pth, dtype=torch.float32)
-    ids = get_tokenizer().encode(TEXTS[1])
-    assert len(ids) > 20
-    whole = document_nll(model, ids, chunk=4096)
-    assert document_nll(model, ids, chunk=len(ids) // 3 + 1) == pytest.approx(whole, rel=1e-5)
-    assert whole == pytest.approx(direct_nll(tiny_pth, [TEXTS[1]]), rel=1e-5)
+    ids = [get_tokenizer().encode(t) for t in TEXTS]
+    assert len(ids[1]) > 20 and len({len(x) for x in ids}) > 1
+    alone = [direct_nll(tiny_pth, [t]) for t in TEXTS]
+    # side by side in calls of one shape, in chunks that carry the state: each document as in one pass
+    for chunk, rows, fixed in ((4096, 1, False), (len(ids[1]) // 3 + 1, 2, False), (16, 4, True), (16, 2, True)):
+        got = documents_nll(model, ids, chunk=chunk, rows=rows, fixed=fixed)  # fixed: the GPU's padded shapes
+        assert got == pytest.approx(alone, rel=1e-5)
 
 
 def test_eval_end_to_end(tiny_pth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

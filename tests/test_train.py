@@ -410,8 +410,8 @@ def test_out_of_memory_explains_what_to_lower(assets: dict[str, Path], monkeypat
 
     real = T.build_loss_module
 
-    def exploding(model: torch.nn.Module, grad_ckpt: bool) -> torch.nn.Module:
-        module = real(model, grad_ckpt)
+    def exploding(model: torch.nn.Module, grad_ckpt: bool, **kw: Any) -> torch.nn.Module:
+        module = real(model, grad_ckpt, **kw)
 
         def forward(*args: Any) -> torch.Tensor:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -535,3 +535,44 @@ def test_two_processes_match_one_at_the_same_global_batch(assets: dict[str, Path
         assert b == pytest.approx(a, rel=1e-4)
     a, b = adapter_of(assets["root"] / "runs" / "one"), adapter_of(assets["root"] / "runs" / "two")
     assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "world", "quant", "dropout", "expected"),
+    [
+        ("auto", "cuda", 1, "none", 0.0, True),
+        ("auto", "cuda", 1, "nf4", 0.0, True),
+        ("auto", "cuda", 1, "int8", 0.0, False),  # outlier columns chosen at run time
+        ("auto", "cuda", 1, "none", 0.1, False),  # random masks inside recomputed blocks
+        ("auto", "cuda", 2, "none", 0.0, False),  # DDP's hooks run between the backward's kernels
+        ("auto", "cpu", 1, "none", 0.0, False),
+        ("on", "cuda", 1, "int8", 0.0, True),
+        ("off", "cuda", 1, "none", 0.0, False),
+        ("on", "cpu", 1, "none", 0.0, False),
+    ],
+)
+def test_cuda_graphs_rule(setting: str, device: str, world: int, quant: str, dropout: float, expected: bool) -> None:
+    from rwkv1c.train.step import use_cuda_graphs
+
+    assert use_cuda_graphs(setting, device, world, quant, dropout) is expected
+
+
+def test_the_loss_reads_every_position_and_weighs_untrained_ones_zero(assets: dict[str, Path]) -> None:
+    """The dense loss (static shapes) equals the sum over trained positions only."""
+    from rwkv1c.train.loss import build_loss_module
+
+    model = RWKV7.from_pth(assets["model"], dtype=torch.float32)
+    g = torch.Generator().manual_seed(5)
+    vocab = model.config.vocab_size
+    tokens = torch.randint(1, vocab, (2, 40), generator=g)
+    targets = torch.randint(1, vocab, (2, 40), generator=g)
+    weight = (torch.rand(2, 40, generator=g) > 0.6).float()
+    reset = torch.zeros(2, 40, dtype=torch.bool)
+    reset[:, 0] = True
+    with torch.no_grad():
+        total = build_loss_module(model, grad_ckpt=False)(tokens, reset, targets, weight)
+        logits, _ = model(tokens, reset=reset)
+    per_token = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    )
+    assert total.item() == pytest.approx((per_token * weight.reshape(-1)).sum().item(), rel=1e-5)

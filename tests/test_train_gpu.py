@@ -1,5 +1,6 @@
 """The training path on a CUDA GPU: fla's WKV under bf16 autocast against the CPU fp32 reference path,
-document packing through fla's varlen interface, and every profile training end to end.
+document packing through soft resets in fla's kernel, every profile training end to end, and a step
+replayed from a CUDA graph training as the eager step does.
 
 Tolerances. The reference is the CPU path in fp32 (chunked WKV, tested exact against the token-by-token
 recurrence). Under bf16 autocast every matmul input is rounded to 8 significant bits (relative error
@@ -161,3 +162,35 @@ def test_every_profile_trains_on_gpu(base: Path, tmp_path: Path, profile: str) -
     with torch.no_grad():
         logits, _ = model(x)
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("profile", ["lora-bf16", "qlora-nf4"])
+def test_a_graph_replayed_step_trains_as_the_eager_one(base: Path, tmp_path: Path, profile: str) -> None:
+    """CUDA_GRAPHS=on against off: the same losses step by step (bf16 reductions may differ in order)."""
+    import json
+
+    from rwkv1c.data.binidx import BinIdxWriter
+    from rwkv1c.train.loop import fit
+    from rwkv1c.train.settings import resolve_run as setup
+
+    rng = np.random.default_rng(1)
+    with BinIdxWriter(tmp_path / "seq") as w:
+        for _ in range(24):
+            w.add([int(t) for t in rng.integers(1, VOCAB, int(rng.integers(30, 120)))] + [0])
+    losses = {}
+    for graphs in ("off", "on"):
+        spec = setup(
+            model=base, data=tmp_path / "seq", run=f"g-{graphs}", profile=profile, preset=None,
+            overrides={"MAX_STEPS": 8, "CTX_LEN": 128, "MICRO_BSZ": 2, "GRAD_ACCUM": 2, "LR": 1e-2,
+                       "WARMUP_STEPS": 0, "LORA_R": 8, "LORA_ALPHA": 16, "VAL_FRACTION": 0.1, "VAL_EVERY": 4,
+                       "LOG_EVERY": 1, "CUDA_GRAPHS": graphs, "COMPILE": "off"},
+            device="cuda", runs_dir=tmp_path / "runs",
+        )  # fmt: skip
+        fit(spec)
+        rows = [json.loads(x) for x in (spec.run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[graphs] = [r["loss"] for r in rows]
+        log = (spec.run_dir / "train.log").read_text()
+        assert ("replayed from a CUDA graph" in log) is (graphs == "on") and "CUDA graphs off" not in log
+    assert len(losses["on"]) == len(losses["off"]) == 8
+    for eager, graphed in zip(losses["off"], losses["on"], strict=True):
+        assert graphed == pytest.approx(eager, rel=2e-2)

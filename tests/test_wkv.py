@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
@@ -99,31 +98,20 @@ def test_compute_dtype_for_mixed_inputs() -> None:
 
 def fake_chunk_rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, cu_seqlens=None):
     """A CPU stand-in with fla's documented contract: (B, T, H, K) inputs, `w` the log decay, states
-    (N, H, K, V) (the transpose of ours), varlen through `cu_seqlens` with B == 1, each segment
-    starting from its own initial state."""
-    assert scale == 1.0
-    if cu_seqlens is None:
-        s0 = None if initial_state is None else initial_state.transpose(-1, -2)
-        y, s = wkv_reference(r, w, k, v, a, b, state=s0)
-        return y, s.transpose(-1, -2)
-    assert r.shape[0] == 1 and cu_seqlens.dtype == torch.int32
-    ys, finals = [], []
-    bounds = cu_seqlens.tolist()
-    for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-        s0 = None if initial_state is None else initial_state[i : i + 1].transpose(-1, -2)
-        y, s = wkv_reference(*(t[:, lo:hi] for t in (r, w, k, v, a, b)), state=s0)
-        ys.append(y)
-        finals.append(s.transpose(-1, -2))
-    return torch.cat(ys, dim=1), torch.cat(finals)
+    (N, H, K, V) (the transpose of ours). The wrapper must never need varlen segments."""
+    assert scale == 1.0 and cu_seqlens is None
+    s0 = None if initial_state is None else initial_state.transpose(-1, -2)
+    y, s = wkv_reference(r, w, k, v, a, b, state=s0)
+    return y, s.transpose(-1, -2)
 
 
-def test_fla_wrapper_segments_and_states(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Our wrapper around fla (dtype, state transpose, varlen segments, per-row initial and final
-    states) checked on the CPU against the reference, through a stand-in with fla's contract."""
+def test_fla_wrapper_resets_and_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our wrapper around fla (dtype, state transpose, document resets as soft resets, per-row initial and
+    final states) checked on the CPU against the reference, through a stand-in with fla's contract."""
     import sys
     import types
 
-    from rwkv1c.model.wkv import varlen_segments, wkv_fla
+    from rwkv1c.model.wkv import wkv_fla
 
     module = types.ModuleType("fla.ops.rwkv7")
     module.chunk_rwkv7 = fake_chunk_rwkv7  # type: ignore[attr-defined]
@@ -138,15 +126,11 @@ def test_fla_wrapper_segments_and_states(monkeypatch: pytest.MonkeyPatch) -> Non
     reset[0, [0, 11]] = True
     reset[1, [5, 6, 29]] = True  # row 1 continues its initial state for 5 tokens
     y_ref, s_ref = wkv_reference(*inputs, state=s0, reset=reset)
-    for segments in (None, varlen_segments(reset)):
-        y, s = wkv_fla(*inputs, state=s0, reset=reset, segments=segments)
-        assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
+    y, s = wkv_fla(*inputs, state=s0, reset=reset)
+    assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
     y, s = wkv_fla(*inputs, state=s0)
     y_ref, s_ref = wkv_reference(*inputs, state=s0)
     assert rel(y, y_ref) < 1e-5 and rel(s, s_ref) < 1e-5
-    seg = varlen_segments(reset)
-    assert seg.cu_seqlens.tolist() == [0, 11, 30, 35, 36, 59, 60, 90] and seg.count == 7
-    assert seg.first.tolist() == [0, 2, 6] and seg.last.tolist() == [1, 5, 6]
 
 
 def test_auto_resolves_once_to_a_concrete_kernel() -> None:
@@ -154,3 +138,31 @@ def test_auto_resolves_once_to_a_concrete_kernel() -> None:
 
     assert resolve_impl("auto", False, 5) == "chunked" and resolve_impl("auto", False, 1) == "reference"
     assert resolve_impl("reference", True, 5) == "reference" and resolve_impl("fla", False, 5) == "fla"
+
+
+def test_soft_reset_equals_a_true_reset_with_its_gradients() -> None:
+    """What fla is given instead of segments: decay ~0 and no removal term where a document starts. The
+    outputs, the final state and every input gradient equal those of zeroing the state there."""
+    from rwkv1c.model.wkv import soft_reset
+
+    T = 40
+    reset = torch.zeros(2, T, dtype=torch.bool)
+    reset[0, [0, 9, 10, 33]] = True
+    reset[1, [17]] = True  # row 1 continues its initial state until token 17
+    s0 = torch.randn(2, 2, 64, 64, generator=torch.Generator().manual_seed(3)) * 0.1
+    weights = torch.randn(2, T, 2, 64, generator=torch.Generator().manual_seed(4))
+    results = []
+    for soft in (False, True):
+        x = random_inputs(2, T, 2, seed=9, requires_grad=True)
+        r, log_w, k, v, a, b = x
+        if soft:
+            log_w, a = soft_reset(log_w, a, reset)
+            y, s = wkv_reference(r, log_w, k, v, a, b, state=s0)
+        else:
+            y, s = wkv_reference(r, log_w, k, v, a, b, state=s0, reset=reset)
+        ((y * weights).sum() + s.square().sum()).backward()
+        results.append((y.detach(), s.detach(), [t.grad for t in x]))
+    (y0, s0_, g0), (y1, s1, g1) = results
+    assert rel(y1, y0) < 1e-6 and rel(s1, s0_) < 1e-6
+    for hard_grad, soft_grad in zip(g0, g1, strict=True):
+        assert rel(soft_grad, hard_grad) < 1e-6

@@ -46,7 +46,7 @@ def test_fla_forward_and_state(dtype: torch.dtype, tol: float, T: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fla_varlen_resets(dtype: torch.dtype) -> None:
+def test_fla_resets(dtype: torch.dtype) -> None:
     T = 200
     inputs = random_inputs(3, T, 2, seed=6)
     reset = torch.zeros(3, T, dtype=torch.bool)

@@ -22,7 +22,7 @@ from torch import nn
 
 from rwkv1c.model.checkpoint import check_state_dict, load_checkpoint
 from rwkv1c.model.config import ATT_LORAS, ATT_VECTORS, ModelConfig
-from rwkv1c.model.wkv import Segments, WkvImpl, resolve_impl, varlen_segments, wkv
+from rwkv1c.model.wkv import WkvImpl, resolve_impl, wkv
 
 LN_X_EPS = 64e-5  # GroupNorm eps of ln_x: 1e-5 * 8**2, not the usual 1e-5
 
@@ -239,7 +239,6 @@ class Block(nn.Module):
         state: RWKVState | None,
         reset: torch.Tensor | None,
         impl: WkvImpl,
-        segments: Segments | None = None,
         compiled: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One block. `compiled` runs the parts around the WKV operator through torch.compile: they are
@@ -252,7 +251,7 @@ class Block(nn.Module):
             (_compiled(Block.pre_wkv), _compiled(Block.post_wkv)) if compiled else (Block.pre_wkv, Block.post_wkv)
         )
         xa_last, r, log_w, k, v, a, b, g, v_first = pre(self, x, v_first, att_shift, reset)
-        y, wkv_state = wkv(r, log_w, k, v, a, b, state=wkv_state, reset=reset, impl=impl, segments=segments)
+        y, wkv_state = wkv(r, log_w, k, v, a, b, state=wkv_state, reset=reset, impl=impl)
         x, xf_last = post(self, x, y, r, k, v, g, ffn_shift, reset)
         return x, v_first, (xa_last, xf_last, wkv_state)  # type: ignore[return-value]
 
@@ -293,6 +292,7 @@ class RWKV7(nn.Module):
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.wkv_impl: WkvImpl = "auto"
         self.gradient_checkpointing = False
+        self.checkpoint_rng = True  # keep the RNG state for recomputed blocks (needed with dropout only)
         self.compile_blocks = False  # torch.compile the elementwise parts of every block (GPU training)
 
     def forward(
@@ -318,13 +318,15 @@ class RWKV7(nn.Module):
         x = _norm(self.blocks[0].ln0, self.emb(tokens))  # type: ignore[arg-type]
         v_first: torch.Tensor | None = None
         impl = resolve_impl(self.wkv_impl, tokens.is_cuda, tokens.shape[1])  # once for every layer
-        # document boundaries in the fla kernel's varlen form, built once and shared by every layer
-        segments = varlen_segments(reset) if reset is not None and impl == "fla" else None
         shifts_att, shifts_ffn, wkv_states = [], [], []
         for block in self.blocks:
-            args = (x, v_first, state, reset, impl, segments, self.compile_blocks)
+            args = (x, v_first, state, reset, impl, self.compile_blocks)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, v_first, (sa, sf, sw) = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+                # no randomness inside a block (LoRA dropout aside, which asks for the RNG to be kept): not
+                # saving the RNG state keeps the recomputation free of host syncs (CUDA graphs)
+                x, v_first, (sa, sf, sw) = torch.utils.checkpoint.checkpoint(
+                    block, *args, use_reentrant=False, preserve_rng_state=self.checkpoint_rng
+                )
             else:
                 x, v_first, (sa, sf, sw) = block(*args)
             if need_state:

@@ -12,7 +12,8 @@ Three implementations, chosen when called (never at import):
 - `wkv_chunked`: an exact chunk-parallel form in plain PyTorch (CPU training / prefill); within a
   chunk the delta-rule corrections are solved with a unit-triangular system, across chunks the state
   is carried with two matmuls.
-- `wkv_fla`: flash-linear-attention's Triton `chunk_rwkv7` (GPU, forward and backward, varlen).
+- `wkv_fla`: flash-linear-attention's Triton `chunk_rwkv7` (GPU, forward and backward); document
+  resets go in as `soft_reset`, so no call waits for the GPU and shapes never depend on the data.
 
 All take r, k, v, a, b of shape (B, T, H, N), the log-decay `log_w` (B, T, H, N) (log_w = log w < 0),
 an optional initial state (B, H, N, N) and an optional `reset` (B, T) bool mask: where True, the state
@@ -23,7 +24,6 @@ and the final state (B, H, N, N) in fp32.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -155,6 +155,25 @@ def wkv_chunked(
     return y.to(dtype), S
 
 
+# log-decay that stands for a document start: w = e^-20 ~ 2e-9 wipes the state, as a reset does, yet keeps
+# the kernel's in-chunk cumulative decays finite (its exponents are differences of cumsums, never positive)
+RESET_LOG_DECAY = -20.0
+
+
+def soft_reset(log_w: torch.Tensor, a: torch.Tensor, reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state zeroed before every token where `reset` (B, T) is True, with no change of shape.
+
+    At such a token t the recurrence S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T keeps only
+    v_t k_t^T when w_t ~ 0 and a_t = 0: the state a reset would have zeroed contributes e^-20 of itself
+    (a 2e-9 relative remainder, far below bf16's resolution) and its gradients are exactly zero there, as
+    with a true reset. Unlike fla's varlen interface this needs no segment list: no host sync, static
+    shapes, so a forward and backward can be captured in a CUDA graph.
+    """
+    mask = reset.unsqueeze(-1).unsqueeze(-1)  # (B, T, 1, 1)
+    log_w = log_w.masked_fill(mask, RESET_LOG_DECAY)
+    return log_w, a.masked_fill(mask, 0.0)
+
+
 def wkv_fla(
     r: torch.Tensor,
     log_w: torch.Tensor,
@@ -164,15 +183,12 @@ def wkv_fla(
     b: torch.Tensor,
     state: torch.Tensor | None = None,
     reset: torch.Tensor | None = None,
-    segments: Segments | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """flash-linear-attention's `chunk_rwkv7` (Triton, CUDA only). Shapes as in the module docstring.
 
-    fla keeps the state as (B, H, N_k, N_v), the transpose of ours. Document resets go through its
-    varlen interface (`cu_seqlens`, batch folded to 1), which starts each segment from a zero state.
-    Pass `segments` (from `varlen_segments(reset)`, built once per forward pass) so that every layer
-    shares one `cu_seqlens` tensor: fla caches its chunk indices per tensor, and building the
-    boundaries again in each layer would cost a device-to-host sync per layer.
+    fla keeps the state as (B, H, N_k, N_v), the transpose of ours. Document resets go in as
+    `soft_reset` (decay ~0 and no removal term at the first token of a document), so every row is one
+    sequence of the batch and nothing here waits for the GPU.
     """
     from fla.ops.rwkv7 import chunk_rwkv7
 
@@ -182,45 +198,11 @@ def wkv_fla(
     compute = _compute_dtype(r, k, v, a, b)
     r, k, v, a, b = (t.to(compute) for t in (r, k, v, a, b))
     log_w = log_w.float()
-    B, T, H, N = r.shape
+    if reset is not None:
+        log_w, a = soft_reset(log_w, a, reset)
     h0 = None if state is None else state.float().transpose(-1, -2).contiguous()
-    if reset is None:
-        y, s = chunk_rwkv7(r, log_w, k, v, a, b, scale=1.0, initial_state=h0, output_final_state=True)
-        return y, s.transpose(-1, -2).float()
-    seg = segments if segments is not None else varlen_segments(reset)
-    # a row that does not begin with a reset continues from its initial state: varlen takes one
-    # initial state per segment, zero for segments that begin a new document
-    seg_h0 = None
-    if h0 is not None:
-        seg_h0 = h0.new_zeros(seg.count, H, N, N)
-        seg_h0[seg.first[seg.continues]] = h0[seg.continues]
-    flat_in = [t.reshape(1, B * T, H, N) for t in (r, log_w, k, v, a, b)]
-    y, s = chunk_rwkv7(*flat_in, scale=1.0, initial_state=seg_h0, output_final_state=True, cu_seqlens=seg.cu_seqlens)
-    return y.view(B, T, H, N), s[seg.last].transpose(-1, -2).float()
-
-
-@dataclass(frozen=True)
-class Segments:
-    """Document boundaries of a (B, T) batch in fla's varlen form (the batch folded into one row)."""
-
-    cu_seqlens: torch.Tensor  # (count + 1,) int32 offsets into the B*T folded tokens
-    first: torch.Tensor  # (B,) the segment each row begins with
-    last: torch.Tensor  # (B,) the segment each row ends with
-    continues: torch.Tensor  # (B,) bool: the row's first segment continues the row's initial state
-    count: int
-
-
-def varlen_segments(reset: torch.Tensor) -> Segments:
-    """Segments from a (B, T) reset mask: a new one at every reset and at the start of every row."""
-    B, T = reset.shape
-    starts = reset.clone()
-    starts[:, 0] = True  # every row is its own segment at least
-    flat = torch.nonzero(starts.reshape(-1)).squeeze(-1)  # the one device-to-host sync
-    cu = torch.cat([flat, flat.new_tensor([B * T])]).to(torch.int32)
-    rows = torch.arange(B, device=reset.device) * T
-    first = torch.searchsorted(flat, rows)
-    last = torch.searchsorted(flat, rows + T) - 1
-    return Segments(cu_seqlens=cu, first=first, last=last, continues=~reset[:, 0], count=len(flat))
+    y, s = chunk_rwkv7(r, log_w, k, v, a, b, scale=1.0, initial_state=h0, output_final_state=True)
+    return y, s.transpose(-1, -2).float()
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -263,15 +245,11 @@ def wkv(
     state: torch.Tensor | None = None,
     reset: torch.Tensor | None = None,
     impl: WkvImpl = "auto",
-    segments: Segments | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch to an implementation. "auto": fla on CUDA when installed, else chunked (T > 1) or reference.
-
-    `segments` (fla only) are the precomputed varlen boundaries of `reset`.
-    """
+    """Dispatch to an implementation. "auto": fla on CUDA when installed, else chunked (T > 1) or reference."""
     impl = resolve_impl(impl, r.is_cuda, r.shape[1])
     if impl == "fla":
-        return wkv_fla(r, log_w, k, v, a, b, state, reset, segments)
+        return wkv_fla(r, log_w, k, v, a, b, state, reset)
     if impl == "chunked":
         return wkv_chunked(r, log_w, k, v, a, b, state, reset)
     if impl == "reference":

@@ -197,39 +197,82 @@ def entries_for(models: Sequence[Path], adapters: Sequence[Path]) -> list[Entry]
 # -- measurements ------------------------------------------------------------------------------------------
 
 
-def document_nll(model: Any, ids: Sequence[int], chunk: int = 512) -> float:
-    """Sum of the token negative log-likelihoods (nats) of ``ids``, each predicted from what precedes it.
+LOSS_CHUNK = 512  # tokens per forward call of the loss pass: every call has the same shape
+LOSS_BATCH_TOKENS = 8192  # documents scored side by side: rows = this // LOSS_CHUNK
+HEAD_POSITIONS = 1024  # positions whose logits exist at once (fp32 logits of 1024 x 65536: 256 MiB)
 
-    The first token is predicted from token 0 (the document separator); the state carries across chunks.
+
+def documents_nll(
+    model: Any,
+    documents: Sequence[Sequence[int]],
+    *,
+    chunk: int = LOSS_CHUNK,
+    rows: int | None = None,
+    fixed: bool | None = None,
+) -> list[float]:
+    """Sum of the token negative log-likelihoods (nats) of each document, each token predicted from what
+    precedes it, the first from token 0 (the document separator).
+
+    Documents are scored side by side, `rows` at a time (longest first), in calls of `chunk` tokens
+    that carry the recurrent state; shorter documents are padded, their positions weighted zero, and
+    padding after a document's end never reaches its earlier positions. With `fixed` (default: on a GPU)
+    every call has exactly the shape (rows, chunk), so kernels are compiled and autotuned once; without,
+    nothing is padded beyond the group's longest document.
     """
     import torch
     import torch.nn.functional as F
 
-    if not ids:
-        return 0.0
     device = model.emb.weight.device
-    inputs = [0, *ids[:-1]]
-    state = None
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, len(ids), chunk):
-            x = torch.tensor([inputs[start : start + chunk]], device=device)
-            y = torch.tensor(ids[start : start + chunk], device=device)
-            logits, state = model(x, state)
-            total += F.cross_entropy(logits[0].float(), y, reduction="sum").item()
-    return total
+    fixed = device.type == "cuda" if fixed is None else fixed
+    rows = rows or max(1, LOSS_BATCH_TOKENS // chunk)
+    order = sorted(range(len(documents)), key=lambda i: -len(documents[i]))
+    totals = [0.0] * len(documents)
+    for lo in range(0, len(order), rows):
+        group = order[lo : lo + rows]
+        length = max((len(documents[i]) for i in group), default=0)
+        width = max(chunk, -(-length // chunk) * chunk) if fixed else max(length, 1)
+        n_rows = rows if fixed else len(group)
+        inputs = torch.zeros(n_rows, width, dtype=torch.long)
+        targets = torch.zeros(n_rows, width, dtype=torch.long)
+        weight = torch.zeros(n_rows, width)
+        for r, i in enumerate(group):
+            ids = torch.tensor(list(documents[i]), dtype=torch.long)
+            inputs[r, 1 : len(ids)] = ids[:-1]
+            targets[r, : len(ids)] = ids
+            weight[r, : len(ids)] = 1.0
+        inputs, targets, weight = inputs.to(device), targets.to(device), weight.to(device)
+        sums = torch.zeros(n_rows, device=device)
+        state = None
+        with torch.no_grad():
+            for start in range(0, width, chunk):
+                if not bool(weight[:, start:].any()):
+                    break
+                hidden, state = model(inputs[:, start : start + chunk], state, return_hidden=True)
+                flat = hidden.reshape(-1, hidden.shape[-1])
+                tgt = targets[:, start : start + chunk].reshape(-1)
+                w = weight[:, start : start + chunk].reshape(-1)
+                nll = torch.empty_like(w)
+                for p in range(0, flat.shape[0], HEAD_POSITIONS):
+                    logits = model.head(flat[p : p + HEAD_POSITIONS]).float()
+                    nll[p : p + HEAD_POSITIONS] = F.cross_entropy(logits, tgt[p : p + HEAD_POSITIONS], reduction="none")
+                sums += (nll * w).view(n_rows, -1).sum(-1)
+        for r, i in enumerate(group):
+            totals[i] = float(sums[r])
+    return totals
 
 
 def measure_loss(model: Any, tokenizer: Any, documents: Sequence[str]) -> dict[str, Any]:
     """Mean NLL per token (nats) and bits per UTF-8 byte over ``documents``."""
-    nll, tokens, n_bytes = 0.0, 0, 0
+    import torch
+
     t0 = time.perf_counter()
-    for text in documents:
-        ids = tokenizer.encode(text)
-        nll += document_nll(model, ids)
-        tokens += len(ids)
-        n_bytes += len(text.encode("utf-8"))
+    ids = tokenizer.encode_batch(list(documents))
+    nll = sum(documents_nll(model, ids))
+    if model.emb.weight.is_cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    tokens = sum(len(x) for x in ids)
+    n_bytes = sum(len(text.encode("utf-8")) for text in documents)
     return {
         "documents": len(documents),
         "tokens": tokens,
@@ -238,6 +281,7 @@ def measure_loss(model: Any, tokenizer: Any, documents: Sequence[str]) -> dict[s
         "loss": nll / tokens if tokens else float("nan"),
         "bits_per_byte": nll / math.log(2) / n_bytes if n_bytes else float("nan"),
         "seconds": round(seconds, 3),
+        "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
     }
 
 

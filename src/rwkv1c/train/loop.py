@@ -31,6 +31,7 @@ from rwkv1c.config import TrainConfig
 from rwkv1c.errors import UserError
 from rwkv1c.train.rundir import RunLog, latest_checkpoint, plot_metrics, publish_adapter, save_checkpoint
 from rwkv1c.train.settings import RunSpec
+from rwkv1c.train.step import StepRunner, to_device
 
 if TYPE_CHECKING:
     import torch
@@ -112,6 +113,7 @@ class Run:
     train_module: nn.Module
     optimizer: torch.optim.Optimizer
     trainable: list[torch.nn.Parameter]
+    runner: StepRunner
     base_sha: str
     resolved: dict[str, Any] = field(default_factory=dict)
     step: int = 0  # optimizer steps done
@@ -188,6 +190,7 @@ def open_run(spec: RunSpec, dist: DistInfo, log: RunLog) -> Run:
     from rwkv1c.model.checkpoint import file_sha256
     from rwkv1c.model.lora import param_groups
     from rwkv1c.train.build import build_model, load_base, precision_for
+    from rwkv1c.train.step import use_cuda_graphs
 
     cfg = spec.cfg
     precision = precision_for(cfg, spec.device)
@@ -210,19 +213,24 @@ def open_run(spec: RunSpec, dist: DistInfo, log: RunLog) -> Run:
     model, extra_keys = build_model(load_base(spec.model, precision), cfg, dist.device)
     from rwkv1c.train.loss import build_loss_module
 
-    loss_module = build_loss_module(model, cfg.grad_ckpt)
+    loss_module = build_loss_module(model, cfg.grad_ckpt, keep_rng=cfg.lora_dropout > 0)
     train_module: nn.Module = loss_module
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ddp_kwargs: dict[str, Any] = {"device_ids": [dist.device]} if spec.device == "cuda" else {}
         train_module = DDP(loss_module, init_sync=False, **ddp_kwargs)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8)
+    # one fused kernel for the whole update on a GPU
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8,
+                                  fused=spec.device == "cuda")  # fmt: skip
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    graphs = use_cuda_graphs(cfg.cuda_graphs, spec.device, dist.world, cfg.quant, cfg.lora_dropout)
+    runner = StepRunner(train_module, trainable, dist.device, autocast, graphs=graphs, note=log.info)
     run = Run(
         spec=spec, dist=dist, log=log, precision=precision, autocast=autocast, train_docs=train_docs,
         val_docs=val_docs, plan=plan, total_steps=total_steps, val_windows=val_windows, model=model,
         extra_keys=extra_keys, loss_module=loss_module, train_module=train_module, optimizer=optimizer,
-        trainable=[p for p in model.parameters() if p.requires_grad], base_sha=base_sha,
+        trainable=trainable, runner=runner, base_sha=base_sha,
     )  # fmt: skip
     run.resolved = {
         "model": str(spec.model),
@@ -294,6 +302,7 @@ def announce(run: Run) -> None:
         f"{plan.steps_per_epoch} steps per epoch x {cfg.micro_bsz} x {cfg.grad_accum} x {run.dist.world}; "
         f"{run.total_steps} steps; {spec.device} ({run.precision}), WKV {_wkv_name(model, spec.device)}"
         + (", blocks through torch.compile (the first step compiles)" if model.compile_blocks else "")
+        + (", each step replayed from a CUDA graph" if run.runner.graphs else "")
     )
 
 
@@ -436,17 +445,14 @@ def optimizer_step(run: Run, step: int) -> tuple[Any, int, int]:
     for m, batch in enumerate(micro):
         sync = dist.world == 1 or m == len(micro) - 1
         ctx = contextlib.nullcontext() if sync else run.train_module.no_sync()  # type: ignore[operator]
-        inputs = _to_device(batch, dist.device)
         with ctx:
-            with run.autocast():
-                loss_sum = run.train_module(*inputs)
-            (loss_sum * scale).backward()
-        step_loss = step_loss + loss_sum.detach().float()
-        tokens += inputs[0].numel() * dist.world
+            step_loss = step_loss + run.runner(batch, scale).float()
+        tokens += batch.tokens.size * dist.world
     if run.cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.trainable, run.cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(run.trainable, run.cfg.grad_clip, foreach=True)
     run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    # a captured step accumulates into the .grad tensors it was recorded with: zero them in place
+    run.optimizer.zero_grad(set_to_none=not run.runner.captured)
     return step_loss, n_step, tokens
 
 
@@ -493,15 +499,6 @@ def finish(run: Run, step: int, losses: Losses) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _to_device(batch: Batch, device: Any) -> tuple[torch.Tensor, ...]:
-    import torch
-
-    return tuple(
-        torch.from_numpy(getattr(batch, f)).to(device, non_blocking=True)
-        for f in ("tokens", "reset", "targets", "weight")
-    )
-
-
 def peak_memory_gib(device: Any) -> float:
     import torch
 
@@ -523,7 +520,7 @@ def evaluate(loss_module: nn.Module, windows: list[Batch], dist: DistInfo, autoc
     total = count = 0.0
     with torch.no_grad(), autocast():
         for w in windows[dist.rank :: dist.world]:
-            tokens, reset, targets, weight = _to_device(w, dist.device)
+            tokens, reset, targets, weight = to_device(w, dist.device)
             total += float(loss_module(tokens, reset, targets, weight))
             count += w.n_trained
     loss_module.train(was_training)

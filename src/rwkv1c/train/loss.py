@@ -60,18 +60,22 @@ def _frozen_head_ce() -> Any:
     return FrozenHeadCE
 
 
-def build_loss_module(model: RWKV7, grad_ckpt: bool) -> nn.Module:
+def build_loss_module(model: RWKV7, grad_ckpt: bool, *, keep_rng: bool = True) -> nn.Module:
     """Wrap the model so that forward(tokens, reset, targets, weight) returns the summed token loss.
 
-    The head and cross-entropy run over trained positions only, CE_CHUNK at a time, and no chunk's
-    logits are kept for the backward pass: the (T, V) fp32 logits are never all alive (1 GiB per
-    4096-token window at vocabulary 65536). `grad_ckpt` recomputes each block in the backward pass.
+    The head and cross-entropy run CE_CHUNK positions at a time, and no chunk's logits are kept for the
+    backward pass: the (T, V) fp32 logits are never all alive (1 GiB per 4096-token window at vocabulary
+    65536). Every position goes through the head, untrained ones at weight 0: the work never depends on
+    the data, so a step has static shapes and no host sync (it can be captured in a CUDA graph).
+    `grad_ckpt` recomputes each block in the backward pass; `keep_rng` saves the RNG state for that (only
+    LoRA dropout needs it).
     """
     import torch
     from torch import nn
     from torch.utils.checkpoint import checkpoint
 
     model.gradient_checkpointing = grad_ckpt
+    model.checkpoint_rng = keep_rng
 
     class CausalLMLoss(nn.Module):
         def __init__(self) -> None:
@@ -84,20 +88,17 @@ def build_loss_module(model: RWKV7, grad_ckpt: bool) -> nn.Module:
             # the final normalised hidden states (B, T, C): the model without its head
             h, _ = self.model(tokens, reset=reset, need_state=False, return_hidden=True)
             head = self.model.head.weight
-            idx = weight.reshape(-1).nonzero().squeeze(-1)
-            if idx.numel() == 0:  # nothing trains here; keep every parameter in the graph (DDP)
-                return (h.sum() + head.sum()) * 0.0
-            h = h.reshape(-1, h.shape[-1])[idx]
-            tgt, w = targets.reshape(-1)[idx], weight.reshape(-1)[idx]
+            h = h.reshape(-1, h.shape[-1])  # (B*T, C)
+            tgt, w = targets.reshape(-1), weight.reshape(-1).float()
             total = h.new_zeros((), dtype=torch.float32)
-            for lo in range(0, len(idx), CE_CHUNK):
+            for lo in range(0, h.shape[0], CE_CHUNK):
                 part = (h[lo : lo + CE_CHUNK], head, tgt[lo : lo + CE_CHUNK], w[lo : lo + CE_CHUNK])
                 if not torch.is_grad_enabled():
                     total = total + _ce_sum(*part)
                 elif not head.requires_grad:
                     total = total + _frozen_head_ce().apply(*part)
                 else:  # a trained head (TRAIN_EXTRA=head): recompute the chunk in the backward pass
-                    total = total + checkpoint(_ce_sum, *part, use_reentrant=False)
+                    total = total + checkpoint(_ce_sum, *part, use_reentrant=False, preserve_rng_state=False)
             return total
 
     return CausalLMLoss()

@@ -19,7 +19,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from rwkv1c.errors import UserError, raise_all
 
@@ -125,10 +125,16 @@ def from_mapping(cls: type[T], *sources: Mapping[str, Any], origin: str = "setti
     """
     hints = typing.get_type_hints(cls)
     known = {f.name.upper(): f.name for f in fields(cls)}  # type: ignore[arg-type]
+    retired: Mapping[str, str] = getattr(cls, "RETIRED", {})
     kwargs: dict[str, Any] = {}
     problems: list[str] = []
     for source in sources:
         for key, value in source.items():
+            if key.upper() in retired:
+                import sys
+
+                print(f"note: {origin}: {key.upper()} is no longer used ({retired[key.upper()]})", file=sys.stderr)
+                continue
             name = known.get(key.upper())
             if name is None:
                 problems.append(f"unknown setting {key} (known: {', '.join(sorted(known))})")
@@ -167,6 +173,15 @@ def as_dict(obj: Any) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
+# The six large matrices of every block: what LoRA adapts and what QLoRA and quantised inference store
+# in 8 or 4 bits (the names of their checkpoint keys, `blocks.N.<name>.weight`).
+BLOCK_LINEARS = ("att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value")
+EXTRA_GROUPS = ("norms", "time_mix", "emb", "head")  # parameter groups that can train whole
+# How the block linears are stored: "none" is full precision (bf16 / fp16 / fp32), the one spelling of it.
+Quant = Literal["none", "int8", "nf4"]
+QUANTS: tuple[Quant, ...] = ("none", "int8", "nf4")
+
+
 @dataclass(frozen=True)
 class Workspace:
     """Machine settings from `configs/workspace.env` (git-ignored; see `workspace.env.example`)."""
@@ -178,9 +193,13 @@ class Workspace:
     models_dir: Path = Path("models/base")
     data_dir: Path = Path("data")
     runs_dir: Path = Path("runs")
-    logs_dir: Path = Path("logs")
     num_gpus: int = 1
     hf_endpoint: str = "https://huggingface.co"
+    quant: Quant = "none"  # how generate / chat / serve / eval store the block linears: none, int8, nf4
+    quant_head: bool = False  # quantise the head too (a little less memory, a little less accuracy)
+
+    # settings earlier versions read, accepted with a note so an old workspace.env keeps working
+    RETIRED: ClassVar[dict[str, str]] = {"LOGS_DIR": "each run logs into runs/NAME/train.log"}
 
     def validate(self) -> list[str]:
         problems = []
@@ -263,15 +282,6 @@ def preset_matching(n_layer: int, n_embd: int, root: Path | None = None) -> str 
 def env_overrides(values: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     """CLI overrides as a `KEY -> value` mapping, dropping flags the user did not give (None)."""
     return {k.upper(): v for k, v in values if v is not None}
-
-
-# The six large matrices of every block: what LoRA adapts and what QLoRA and quantised inference store
-# in 8 or 4 bits (the names of their checkpoint keys, `blocks.N.<name>.weight`).
-BLOCK_LINEARS = ("att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value")
-EXTRA_GROUPS = ("norms", "time_mix", "emb", "head")  # parameter groups that can train whole
-# How the block linears are stored: "none" is full precision (bf16 / fp16 / fp32), the one spelling of it.
-Quant = Literal["none", "int8", "nf4"]
-QUANTS: tuple[Quant, ...] = ("none", "int8", "nf4")
 
 
 @dataclass(frozen=True)

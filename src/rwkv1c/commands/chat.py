@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Literal
 
 from rwkv1c.errors import UserError
 from rwkv1c.infer.sampling import DEFAULTS
@@ -99,6 +99,7 @@ def chat(
     seed: int | None = None,
     device: Device = "auto",
     dtype: DType = "auto",
+    quant: Literal["none", "int8", "nf4"] | None = None,
 ) -> int:
     """Chat with a model in the terminal (RWKV chat format; the history stays in the recurrent state).
 
@@ -120,6 +121,8 @@ def chat(
         seed: makes the replies reproducible.
         device: where to run: auto (CUDA when available), cpu or cuda.
         dtype: weights' precision: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.
+        quant: store the large matrices in int8 or nf4 (less memory; `rwkv1c plan --inference` says what
+            fits); default: QUANT of configs/workspace.env (none).
     """
     import dataclasses
 
@@ -146,7 +149,11 @@ def chat(
         penalty_decay=penalty_decay,
         seed=seed,
     ).checked()
-    engine = load_engine(model, adapter, device=device, dtype=dtype, max_batch=1)
+    from rwkv1c.machine.memory import inference_settings
+    from rwkv1c.model.loader import resolve_device
+
+    chosen, head = inference_settings(model, quant, 1, resolve_device(device))
+    engine = load_engine(model, adapter, device=device, dtype=dtype, max_batch=1, quant=chosen, quantize_head=head)
     print(describe(engine), file=sys.stderr)
     session = ChatSession(engine, params, system)
     print("type /help for commands, /quit to leave", file=sys.stderr)

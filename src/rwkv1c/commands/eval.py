@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from rwkv1c.model.loader import Device, DType
 from rwkv1c.onec.evaluate import markdown_report, run, setup, write_report
@@ -24,6 +25,7 @@ def evaluate(
     dtype: DType = "auto",
     batch_size: int = 16,
     seed: int = 1234,
+    quant: Literal["none", "int8", "nf4"] | None = None,
 ) -> int:
     """Compare models on held-out 1C code: loss, bits per byte, and scored generations.
 
@@ -46,7 +48,15 @@ def evaluate(
         dtype: Weights dtype: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.
         batch_size: Prompts decoded together.
         seed: Seed of the completion-prompt choice (decoding is greedy).
+        quant: store each model's large matrices in int8 or nf4 (what a small card can run); default: QUANT
+            of configs/workspace.env (none).
     """
+    from rwkv1c.machine.memory import inference_settings
+    from rwkv1c.model.loader import resolve_device
+
+    chosen, head = quant or "none", False
+    if model:
+        chosen, head = inference_settings(model[0], quant, batch_size, resolve_device(device))
     plan = setup(
         model=model,
         data=data,
@@ -62,6 +72,8 @@ def evaluate(
         dtype=dtype,
         batch_size=batch_size,
         seed=seed,
+        quant=chosen,
+        quantize_head=head,
     )
     report = run(plan)
     write_report(report, output)

@@ -11,13 +11,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from rwkv1c.errors import UserError
 from rwkv1c.infer.sampling import DEFAULTS
 from rwkv1c.model.loader import Device, DType
 
 if TYPE_CHECKING:
+    from rwkv1c.config import Quant
     from rwkv1c.infer.engine import Engine
     from rwkv1c.infer.sampling import SamplingParams
 
@@ -160,6 +161,7 @@ def generate(
     output: Path | None = None,
     device: Device = "auto",
     dtype: DType = "auto",
+    quant: Literal["none", "int8", "nf4"] | None = None,
 ) -> int:
     """Generate text: the continuation of --prompt on stdout, or JSONL for a --prompts file.
 
@@ -192,6 +194,8 @@ def generate(
         output: write the JSONL (or the text) to this file instead of stdout (atomically).
         device: where to run: auto (CUDA when available), cpu or cuda.
         dtype: weights' precision: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.
+        quant: store the large matrices in int8 or nf4 (less memory; `rwkv1c plan --inference` says what
+            fits); default: QUANT of configs/workspace.env (none).
     """
     from rwkv1c.model.adapter import prompt_format, read_adapter_config
 
@@ -224,7 +228,7 @@ def generate(
     items = read_prompts(prompts, params) if prompts is not None else None
     if prompt == "-":
         prompt = sys.stdin.read()
-    engine = setup(model, adapter, device=device, dtype=dtype, max_batch=batch_size)
+    engine = setup(model, adapter, device=device, dtype=dtype, max_batch=batch_size, quant=quant)
     t0 = time.perf_counter()
     if output is not None:
         from rwkv1c.fsutil import atomic_open
@@ -240,11 +244,17 @@ def generate(
     return 0
 
 
-def setup(model: Path, adapter: Path | None, *, device: Device, dtype: DType, max_batch: int) -> Engine:
-    """Load the model (with the adapter) and make the engine; prints one summary line to stderr."""
+def setup(
+    model: Path, adapter: Path | None, *, device: Device, dtype: DType, max_batch: int, quant: Quant | None
+) -> Engine:
+    """Check that the model fits, load it (with the adapter) and make the engine; one summary line to stderr."""
     from rwkv1c.infer.engine import describe, load_engine
+    from rwkv1c.machine.memory import inference_settings
+    from rwkv1c.model.loader import resolve_device
 
-    engine = load_engine(model, adapter, device=device, dtype=dtype, max_batch=max_batch)
+    quant, head = inference_settings(model, quant, max_batch, resolve_device(device))
+    engine = load_engine(model, adapter, device=device, dtype=dtype, max_batch=max_batch, quant=quant,
+                         quantize_head=head)  # fmt: skip
     print(describe(engine), file=sys.stderr)
     return engine
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json as jsonlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rwkv1c.errors import UserError
 
@@ -52,6 +52,9 @@ def plan(
     json: bool = False,
     refit: Path | None = None,
     save: bool = False,
+    inference: bool = False,
+    quant: Literal["none", "int8", "nf4"] | None = None,
+    max_batch: int = 1,
 ) -> None:
     """Predict peak GPU memory and host RAM of a fine-tuning run, and what fits on a GPU.
 
@@ -71,6 +74,10 @@ def plan(
         refit: instead of planning, refit the memory model's coefficients to the measured peaks in this JSON
             file (e.g. bench/results/train_vram.json) and print measured against predicted for every row.
         save: with --refit, write the refitted coefficients as the shipped calibration table.
+        inference: plan generate / chat / serve instead of training: memory by --quant and batch, and which
+            quantisation fits the card.
+        quant: with --inference, the quantisation to detail (default: QUANT of the workspace).
+        max_batch: with --inference, the most sequences decoded together.
     """
     from rwkv1c.config import load_workspace
     from rwkv1c.machine.memory import (
@@ -81,6 +88,9 @@ def plan(
         resolve_profile,
     )
 
+    if inference:
+        print(plan_inference(model or load_workspace().model_preset, quant, max_batch, vram, json))
+        return
     if save and refit is None:
         raise UserError("--save writes a refitted calibration: give --refit MEASURED.json too")
     if refit is not None:
@@ -104,3 +114,46 @@ def plan(
         lora_r,
     )
     print(jsonlib.dumps(result, indent=2) if json else format_plan(result))
+
+
+def plan_inference(model: str, quant: str | None, max_batch: int, vram: float | None, as_json: bool) -> str:
+    """The --inference report: the chosen quantisation's terms, then every quantisation x batch."""
+    from rwkv1c.config import QUANTS, load_workspace
+    from rwkv1c.machine.memory import GIB, detect_vram_gib, inference_estimate, inference_table, resolve_model
+
+    if max_batch < 1:
+        raise UserError(f"--max-batch must be >= 1, got {max_batch}")
+    ws = load_workspace()
+    chosen = quant or ws.quant
+    info = resolve_model(model)
+    vram_gib = vram if vram is not None else detect_vram_gib()
+    est = inference_estimate(info.shape, chosen, max_batch, quant_head=ws.quant_head)  # type: ignore[arg-type]
+    batches = sorted({1, 16, 64, max_batch})
+    table = inference_table(info.shape, vram_gib, batches, quant_head=ws.quant_head)
+    result = {
+        "model": info.name,
+        "quant": chosen,
+        "max_batch": max_batch,
+        "device_gib": round(est.device_gib, 2),
+        "terms_gib": {k: round(v / GIB, 3) for k, v in est.terms.items()},
+        "vram_gib": vram_gib,
+        "table": table,
+    }
+    if as_json:
+        return jsonlib.dumps(result, indent=2)
+    lines = [
+        f"model      {info.name} ({info.shape.n_params / 1e9:.2f}B parameters, "
+        f"{info.shape.n_layer} layers x {info.shape.n_embd}), inference",
+        f"GPU        about {est.device_gib:.2f} GiB on the card with --quant {chosen}, batch {max_batch}",
+    ]
+    lines += [f"           {k:<10} {v / GIB:8.2f} GiB" for k, v in est.terms.items()]
+    header = f"  {'batch':>5}  " + "  ".join(f"{q:>8}" for q in QUANTS)
+    title = f"on a {vram_gib:g} GiB GPU (! = does not fit):" if vram_gib else "GiB on the card:"
+    lines += ["", title, header]
+    for b in batches:
+        cells = []
+        for q in QUANTS:
+            row = next(r for r in table if r["quant"] == q and r["batch"] == b)
+            cells.append(f"{row['device_gib']:>7.1f}{'!' if row['fits'] is False else ' '}")
+        lines.append(f"  {b:>5}  " + "  ".join(cells))
+    return "\n".join(lines)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from rwkv1c.config import Quant
 from rwkv1c.errors import UserError
 from rwkv1c.infer.sampling import Penalties, SamplingParams, frequency_weights, new_rng, sample
 from rwkv1c.model.loader import Device, DType
@@ -42,6 +43,15 @@ if TYPE_CHECKING:
 
 FinishReason = Literal["stop", "length", "cancelled"]
 MIN_SHARED_PREFIX = 32  # tokens: a common preamble at least this long is prefilled once for all prompts
+PREFILL_ELEMENTS = 2**23  # tokens x width of one prefill call on a GPU: its activations stay near 1 GiB
+
+
+def prefill_budget(n_embd: int, device_type: str) -> int:
+    """The most tokens (rows x length) one prefill call reads: 4096 at width 2048 (1.5B), 2048 at 4096
+    (7.2B) on a GPU, so a long prompt costs the same activation memory at any size; 2048 on the CPU."""
+    if device_type != "cuda":
+        return 2048
+    return max(1024, PREFILL_ELEMENTS // n_embd)
 
 
 @dataclass
@@ -205,7 +215,7 @@ class Engine:
         self.dtype = model.emb.weight.dtype
         self.vocab_size = model.config.vocab_size
         self.capacity = max_batch
-        self.prefill_tokens = prefill_tokens or (16384 if self.device.type == "cuda" else 2048)
+        self.prefill_tokens = prefill_tokens or prefill_budget(model.config.n_embd, self.device.type)
         self.decoder = FastDecoder(model, kernels=kernels, cuda_graphs=cuda_graphs)
         self.slots = RWKVState.zeros(model.config, max_batch, self.device, self.dtype)
         self.logits = torch.zeros(max_batch, self.vocab_size, device=self.device)
@@ -596,23 +606,31 @@ def load_engine(
     dtype: DType = "auto",
     max_batch: int = 32,
     prefix_cache_mb: float = 256,
+    quant: Quant = "none",
+    quantize_head: bool = False,
 ) -> Engine:
     """Load the model (and adapter) with `rwkv1c.model.loader.load_model` and make an engine over it."""
     from rwkv1c.model.loader import load_model, resolve_device, resolve_dtype
     from rwkv1c.model.tokenizer import get_tokenizer
 
     dev = resolve_device(device)
-    net = load_model(model, adapter, device=dev, dtype=resolve_dtype(dtype, dev))
+    net = load_model(model, adapter, device=dev, dtype=resolve_dtype(dtype, dev), quant=quant,
+                     quantize_head=quantize_head)  # fmt: skip
     return Engine(net, get_tokenizer(), max_batch=max_batch, prefix_cache_mb=prefix_cache_mb)
 
 
 def describe(engine: Engine) -> str:
     """One line for stderr: model size, device, dtype, decode path."""
+    from rwkv1c.model.quant import is_int8_linear
+
     cfg = engine.model.config
     d = engine.decoder
+    key: Any = engine.model.get_submodule("blocks.0.att.key")
+    key = getattr(key, "base_layer", key)  # under an adapter's LoRA wrapper
+    stored = "int8" if is_int8_linear(key) else "nf4" if type(key).__name__ == "Linear4bit" else "full precision"
     return (
         f"model: {cfg.n_layer} layers x {cfg.n_embd}, vocab {cfg.vocab_size}; {engine.device.type} "
-        f"{str(engine.dtype).replace('torch.', '')}; decode: {d.kernels} kernels"
+        f"{str(engine.dtype).replace('torch.', '')}, block linears {stored}; decode: {d.kernels} kernels"
         f"{', CUDA graphs' if d.cuda_graphs else ''}; batch up to {engine.capacity}"
     )
 

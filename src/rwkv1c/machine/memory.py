@@ -574,3 +574,110 @@ def make_plan(
             profiles = [replace(p, lora_r=lora_r) for p in profiles]
         result["fit_table"] = fit_table(info.shape, profiles, coeffs, vram_gib, ctx_len, micro_bsz)
     return result
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+# Bytes per parameter of the stored block linears at inference: fp16; int8 with one fp32 scale per output
+# channel; NF4 with double-quantised block scales (bitsandbytes: 64-value blocks).
+INFERENCE_BYTES = {"none": 2.0, "int8": 1.0, "nf4": 0.5 + 1 / 64 + 4 / (64 * 256)}
+PREFILL_ACT_BYTES = 48.0  # live activation bytes per prefill token and unit of width (one layer at a time, fp16)
+INFERENCE_FIXED_GIB = 0.35  # cuBLAS / Triton workspaces, the decode graphs' pools, the tokenizer's tables
+
+
+@dataclass(frozen=True)
+class InferenceEstimate:
+    """Predicted GPU memory of generate / chat / serve for one model, quantisation and batch (bytes)."""
+
+    terms: dict[str, float]
+    peak_gib: float
+    device_gib: float
+
+    def fits(self, vram_gib: float) -> bool:
+        return self.device_gib <= vram_gib
+
+
+def inference_estimate(
+    cfg: ModelConfig, quant: Quant, batch: int, *, quant_head: bool = False, coeffs: Coefficients | None = None
+) -> InferenceEstimate:
+    """Weights by quantisation + the recurrent state of `batch` sequences + one prefill call + workspaces."""
+    from rwkv1c.infer.engine import prefill_budget
+
+    coeffs = coeffs or load_coefficients()
+    head = cfg.vocab_size * cfg.n_embd
+    other = cfg.n_params - cfg.linear_params - head
+    state = cfg.n_layer * (2 * cfg.n_embd * 2 + cfg.n_head * cfg.head_size**2 * 4)  # shifts fp16, WKV fp32
+    prefill = prefill_budget(cfg.n_embd, "cuda")
+    terms = {
+        "weights": cfg.linear_params * INFERENCE_BYTES[quant] + other * 2.0,
+        "head": head * (INFERENCE_BYTES[quant] if quant_head else 2.0),
+        "state": float(batch * state),
+        "logits": float(batch * cfg.vocab_size * 4 * 3),  # the slot logits, sampling's probabilities and sort
+        "prefill": float(prefill * cfg.n_embd * PREFILL_ACT_BYTES),
+        "fixed": INFERENCE_FIXED_GIB * GIB,
+    }
+    peak = sum(terms.values()) / GIB
+    return InferenceEstimate(terms, peak, peak * coeffs.reserve_factor + coeffs.cuda_context_gib)
+
+
+def inference_table(
+    cfg: ModelConfig, vram_gib: float | None, batches: Sequence[int] = (1, 16, 64), quant_head: bool = False
+) -> list[dict[str, Any]]:
+    """For every quantisation and batch: the predicted memory on the card and whether it fits."""
+    rows = []
+    for quant in QUANTS:
+        for b in batches:
+            est = inference_estimate(cfg, quant, b, quant_head=quant_head)
+            rows.append(
+                {
+                    "quant": quant,
+                    "batch": b,
+                    "device_gib": round(est.device_gib, 2),
+                    "fits": None if vram_gib is None else est.fits(vram_gib),
+                }
+            )
+    return rows
+
+
+def check_inference_fits(model: Path, quant: Quant, batch: int, *, quant_head: bool = False) -> None:
+    """Before loading on a GPU: a clear message (and what to choose instead) when the model will not fit
+    in the free memory of the current GPU, rather than an out-of-memory error half-way through the load."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    free, _total = torch.cuda.mem_get_info()
+    free_gib = free / GIB
+    cfg = shape_from_checkpoint(model)
+    need = inference_estimate(cfg, quant, batch, quant_head=quant_head).device_gib
+    if need <= free_gib:
+        return
+    fitting = [
+        (q, b)
+        for q in QUANTS
+        for b in (batch, 16, 4, 1)
+        if b <= batch and inference_estimate(cfg, q, b, quant_head=quant_head).device_gib <= free_gib
+    ]
+    hint = (
+        f"use --quant {fitting[0][0]}"
+        + (f" with --batch-size / --max-batch {fitting[0][1]}" if fitting[0][1] != batch else "")
+        if fitting
+        else "no quantisation fits this GPU's free memory: use a smaller model, or --device cpu"
+    )
+    raise UserError(
+        f"{model.name} needs about {need:.1f} GiB on the GPU with --quant {quant} and batch {batch}, "
+        f"but only {free_gib:.1f} GiB are free",
+        hint=hint + " (`rwkv1c plan --inference` shows every choice; close other programs that hold VRAM)",
+    )
+
+
+def inference_settings(model: Path, quant: Quant | None, max_batch: int, device: str) -> tuple[Quant, bool]:
+    """The quantisation an inference command runs with (the flag, else QUANT of the workspace) and whether
+    the head is quantised too (QUANT_HEAD); on a GPU, checked against its free memory before any load."""
+    from rwkv1c.config import load_workspace
+
+    ws = load_workspace()
+    chosen = quant or ws.quant
+    if device != "cpu" and Path(model).is_file():
+        check_inference_fits(Path(model), chosen, max_batch, quant_head=ws.quant_head)
+    return chosen, ws.quant_head

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from rwkv1c.config import Quant
 from rwkv1c.errors import UserError
 
 if TYPE_CHECKING:
@@ -44,22 +45,34 @@ def load_model(
     *,
     device: Any = "cpu",
     dtype: torch.dtype | None = None,
+    quant: Quant = "none",
+    quantize_head: bool = False,
 ) -> RWKV7:
-    """A base / merged `.pth` on `device` in `dtype` (default: the file's), with an adapter folder applied
-    unmerged when given, in eval mode. The adapter folder is checked before the slow load, and an adapter
-    made for another base is refused (`adapter.check_base`)."""
+    """A base / merged `.pth` on `device` in `dtype` (default: the file's), in eval mode.
+
+    `quant` stores the block linears (and the head with `quantize_head`) in int8 or NF4
+    (`rwkv1c.model.quant.quantize_for_inference`); each matrix is quantised on its way from the
+    memory-mapped file to the device, so neither the host nor the card holds the full-precision model.
+    An adapter folder is applied unmerged on top, on the quantised base as in QLoRA training; it is
+    checked before the slow load, and one made for another base is refused (`adapter.check_base`).
+    """
     from rwkv1c.model.adapter import apply_adapter, check_base, read_adapter_config
     from rwkv1c.model.checkpoint import load_checkpoint
     from rwkv1c.model.config import ModelConfig
+    from rwkv1c.model.quant import quantize_for_inference
     from rwkv1c.model.rwkv7 import RWKV7
 
     path = Path(path)
     config = read_adapter_config(Path(adapter)) if adapter is not None else None
     sd = load_checkpoint(path)
-    if config is None:
-        return RWKV7.from_state_dict(sd, device=device, dtype=dtype)
-    check_base(config, path, ModelConfig.from_state_dict(sd))
-    model = RWKV7.from_state_dict(sd, device="cpu", dtype=dtype)
-    apply_adapter(model, Path(adapter), config)  # type: ignore[arg-type]
-    model.to(device=device, dtype=dtype or sd["emb.weight"].dtype)  # LoRA matrices too (add_lora made them fp32)
+    target = dtype or sd["emb.weight"].dtype
+    if config is None and quant == "none":
+        return RWKV7.from_state_dict(sd, device=device, dtype=target)
+    if config is not None:
+        check_base(config, path, ModelConfig.from_state_dict(sd))
+    model = RWKV7.from_state_dict(sd, device="cpu", dtype=sd["emb.weight"].dtype)  # still the mapped file
+    quantize_for_inference(model, quant, device=device, compute_dtype=target, head=quantize_head)
+    if config is not None:
+        apply_adapter(model, Path(adapter), config)  # type: ignore[arg-type]
+    model.to(device=device, dtype=target)  # the rest, LoRA matrices too (add_lora made them fp32)
     return model.eval()

@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from rwkv1c.config import Quant
 from rwkv1c.errors import UserError, raise_all
 from rwkv1c.fsutil import atomic_open, atomic_path, write_json
 from rwkv1c.model.adapter import PromptFormat, read_adapter_config
@@ -75,6 +76,8 @@ class EvalPlan:
     batch_size: int
     seed: int
     settings: dict[str, Any] = field(default_factory=dict)
+    quant: Quant = "none"
+    quantize_head: bool = False
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
@@ -364,6 +367,8 @@ def setup(
     dtype: DType = "auto",
     batch_size: int = 16,
     seed: int = 1234,
+    quant: Quant = "none",
+    quantize_head: bool = False,
 ) -> EvalPlan:
     """Check every argument and input file, and gather the documents and prompts."""
     problems: list[str] = []
@@ -431,6 +436,8 @@ def setup(
         "dtype": dtype,
         "seed": seed,
         "decoding": "greedy",
+        "quant": quant,
+        "quantize_head": quantize_head,
     }
     return EvalPlan(
         entries=entries_for([Path(m) for m in model], [Path(a) for a in adapter]),
@@ -439,6 +446,8 @@ def setup(
         output=output,
         device=dev,
         dtype=resolve_dtype(dtype, dev),
+        quant=quant,
+        quantize_head=quantize_head,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         seed=seed,
@@ -459,7 +468,8 @@ def run(plan: EvalPlan) -> dict[str, Any]:
     generations: list[dict[str, Any]] = []
     for entry in plan.entries:
         print(f"eval: {entry.name}: loading", file=sys.stderr)
-        net = load_model(entry.model, entry.adapter, device=plan.device, dtype=plan.dtype)
+        net = load_model(entry.model, entry.adapter, device=plan.device, dtype=plan.dtype, quant=plan.quant,
+                         quantize_head=plan.quantize_head)  # fmt: skip
         loss = measure_loss(net, tokenizer, plan.documents)
         print(
             f"eval: {entry.name}: loss {loss['loss']:.4f}, {loss['bits_per_byte']:.4f} bits/byte "

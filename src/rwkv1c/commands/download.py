@@ -1,4 +1,4 @@
-"""`rwkv1c download`: fetch an official RWKV-7 checkpoint into models/base/ and verify it (`rwkv1c.machine.hub`).
+"""`rwkv1c download`: fetch an official RWKV-7 checkpoint from the Hub into models/base/ (`rwkv1c.machine.hub`).
 
 This is the only command that uses the network.
 """
@@ -12,28 +12,27 @@ from rwkv1c.errors import UserError
 from rwkv1c.machine.hub import fetch, hf_endpoint, resolve_source
 
 
-def download(source: str, *, inspect: bool = True, retries: int = 3) -> None:
-    """Download an official RWKV-7 checkpoint into models/base/, with resume, size and sha256 checks.
+def download(source: str, *, inspect: bool = True) -> None:
+    """Download an official RWKV-7 checkpoint from the Hugging Face Hub into models/base/ and verify it.
 
-    SOURCE is a preset name (configs/model/*.env, e.g. rwkv7-1.5b) or an http(s) URL of a .pth file.
-    Hugging Face URLs go through HF_ENDPOINT when it is set (environment, else configs/workspace.env), so
-    a mirror works unchanged. An interrupted download resumes when the command is run again.
+    SOURCE is a preset name (configs/model/*.env, e.g. rwkv7-1.5b) or the Hub address of a .pth file
+    (https://huggingface.co/<owner>/<repo>/resolve/<revision>/<file>, or the same path on a mirror).
+    huggingface.co goes through HF_ENDPOINT when it is set (environment, else configs/workspace.env), so a
+    mirror works unchanged. A dropped connection is resumed within the run; the size and sha256 are
+    checked before the file takes its final name.
 
     Args:
-        source: preset name or URL.
+        source: preset name or Hub file URL.
         inspect: describe the checkpoint (layers, width, parameters) once it is downloaded.
-        retries: how many times to resume automatically after a dropped connection.
     """
     from rwkv1c.config import load_workspace, output_folder, workspace_root
 
-    if retries < 0:
-        raise UserError(f"--retries {retries}: must be 0 or more")
     root = workspace_root()
     ws = load_workspace(root)
     src = resolve_source(source, hf_endpoint(ws.hf_endpoint), root)
     dest_dir = output_folder(root, ws.models_dir).resolve()
-    print(f"downloading {src.url}\n         to {dest_dir / src.filename}", file=sys.stderr)
-    path = fetch(src, dest_dir, retries=retries)
+    print(f"downloading {src.url}\n         to {dest_dir / src.local_name}", file=sys.stderr)
+    path = fetch(src, dest_dir)
     if inspect:
         from rwkv1c.model.inspect import describe, format_description
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Download a base RWKV-7 checkpoint into models/base/ (resumable; size and sha256 checked).
+# Download a base RWKV-7 checkpoint from the Hugging Face Hub into models/base/ (size and sha256 checked).
 #
 #   scripts/download_model.sh                  # the workspace's MODEL_PRESET (configs/workspace.env)
 #   scripts/download_model.sh rwkv7-0.4b       # another preset from configs/model/
 #   scripts/download_model.sh https://huggingface.co/BlinkDL/rwkv-7-world/resolve/main/<file>.pth
 #   HF_ENDPOINT=https://<mirror> scripts/download_model.sh   # through a Hugging Face mirror
 #
-# An interrupted download continues where it stopped when the same command runs again.
+# A dropped connection is resumed within the run; a run that fails keeps no partial file, so running the
+# same command again starts that file over.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -20,5 +21,5 @@ fi
 # 2. What to fetch: the argument, else the workspace's MODEL_PRESET (read by rwkv1c.config, its one home).
 source_arg="${1:-$(.venv/bin/python -c 'from rwkv1c.config import load_workspace; print(load_workspace().model_preset)')}"
 
-# 3. Fetch, verify, rename into place, describe.
+# 3. Fetch through huggingface_hub, verify, rename into place, describe.
 exec .venv/bin/python -m rwkv1c download "$source_arg"

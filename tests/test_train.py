@@ -576,3 +576,60 @@ def test_the_loss_reads_every_position_and_weighs_untrained_ones_zero(assets: di
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
     )
     assert total.item() == pytest.approx((per_token * weight.reshape(-1)).sum().item(), rel=1e-5)
+
+
+def test_full_fine_tuning_trains_every_weight_resumes_exactly_and_writes_an_official_checkpoint(
+    assets: dict[str, Path],
+) -> None:
+    """METHOD=full (the full-bf16 profile): loss falls, every tensor changes, a resumed run ends where an
+    uninterrupted one ends, and runs/NAME/model.pth is a bf16 official-layout file that `rwkv` loads."""
+    common = dict(max_steps=6, save_every=3, lr=3e-3, warmup_steps=1)
+
+    def full_start(run: str) -> Any:
+        return setup(
+            model=assets["model"], data=assets["data"], run=run, profile="full-bf16", preset=None,
+            overrides={**FAST, **{k.upper(): v for k, v in common.items()}}, runs_dir=assets["root"] / "runs",
+            overwrite=True,
+        )  # fmt: skip
+
+    whole = full_start("full-whole")
+    assert whole.cfg.method == "full" and whole.cfg.quant == "none"
+    result = fit(whole)
+    assert result["last_loss"] < result["first_loss"]
+    out = Path(result["model_file"])
+    assert out == whole.run_dir / "model.pth" and not (whole.run_dir / "adapter").exists()
+    base_sd, tuned = load_checkpoint(assets["model"]), load_checkpoint(out)
+    unused = {"blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2"}
+    assert set(tuned) == set(base_sd) - unused and all(v.dtype == torch.bfloat16 for v in tuned.values())
+    unchanged = [k for k in tuned if torch.equal(tuned[k], base_sd[k])]
+    assert not unchanged, f"tensors that did not train: {unchanged}"
+
+    def stop_at_4(step: int) -> None:
+        if step == 4:
+            raise RuntimeError("killed")  # step 3 is the last checkpoint
+
+    part = full_start("full-part")
+    with pytest.raises(RuntimeError):
+        fit(part, on_step=stop_at_4)
+    resumed = setup(model=None, data=None, run="full-part", profile=None, preset=None, overrides={},
+                    runs_dir=assets["root"] / "runs", resume=True)  # fmt: skip
+    fit(resumed)
+    again = load_checkpoint(part.run_dir / "model.pth")
+    assert all(torch.equal(again[k], tuned[k]) for k in tuned)
+
+    os.environ["RWKV_V7_ON"] = "1"  # the reference package reads this at import
+    from rwkv.model import RWKV
+
+    ref = RWKV(str(out)[: -len(".pth")], "cpu fp32")
+    ours = RWKV7.from_pth(out, dtype=torch.float32)
+    tokens = [5, 17, 100, 2, 9]
+    ref_logits, _ = ref.forward(tokens, None)
+    with torch.no_grad():
+        our_logits, _ = ours(torch.tensor([tokens]))
+    assert torch.allclose(ref_logits.float(), our_logits[0, -1].float(), rtol=1e-3, atol=1e-3)
+
+
+def test_full_fine_tuning_refuses_a_quantised_base(assets: dict[str, Path]) -> None:
+    with pytest.raises(UserError, match="METHOD=full trains every weight"):
+        setup(model=assets["model"], data=assets["data"], run="full-q", profile="full-bf16", preset=None,
+              overrides={**FAST, "QUANT": "nf4"}, runs_dir=assets["root"] / "runs")  # fmt: skip

@@ -288,7 +288,8 @@ def env_overrides(values: Iterable[tuple[str, Any]]) -> dict[str, Any]:
 class TrainConfig:
     """Fine-tuning settings: `configs/profile/<name>.env` over a model preset's CTX_LEN / LR, then CLI flags."""
 
-    quant: Quant = "none"  # how the frozen block linears are stored
+    method: Literal["lora", "full"] = "lora"  # LoRA on a frozen base, or every parameter trained (full)
+    quant: Quant = "none"  # how the frozen block linears are stored (LoRA only)
     lora_r: int = 32
     lora_alpha: float = 64.0  # the adapter's update is (alpha / r) * B @ A
     lora_dropout: float = 0.0
@@ -335,4 +336,8 @@ class TrainConfig:
         bad = [g for g in self.train_extra if g not in EXTRA_GROUPS]
         if bad:
             problems.append(f"TRAIN_EXTRA={','.join(bad)}: choose from {', '.join(EXTRA_GROUPS)}")
+        if self.method == "full" and self.quant != "none":
+            problems.append(
+                f"METHOD=full trains every weight: QUANT={self.quant} (a frozen quantised base) does not apply"
+            )
         return problems

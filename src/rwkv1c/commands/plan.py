@@ -16,7 +16,7 @@ def format_plan(result: dict[str, Any]) -> str:
         f"{result['n_layer']} layers x {result['n_embd']})",
         f"run        profile {result['profile']} ({result['quant']}), ctx_len {result['ctx_len']}, "
         f"micro_bsz {result['micro_bsz']}, gradient checkpointing {'on' if result['grad_ckpt'] else 'off'}, "
-        f"LoRA r {result['lora_r']}",
+        + ("every parameter trained" if result.get("method") == "full" else f"LoRA r {result['lora_r']}"),
         f"GPU        peak {est['peak_gib']:.2f} GiB allocated, about {est['device_gib']:.2f} GiB on the card "
         "(with the CUDA context and torch's cache)",
     ]

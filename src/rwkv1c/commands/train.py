@@ -39,7 +39,7 @@ def train(
     force: bool = False,
     wandb: str | None = None,
 ) -> int:
-    """Fine-tune an RWKV-7 checkpoint with LoRA or QLoRA; writes runs/NAME/ (adapter, metrics, checkpoints).
+    """Fine-tune an RWKV-7 checkpoint with LoRA, QLoRA or in full; writes runs/NAME/ (adapter or model, metrics).
 
     Settings: the profile (configs/profile/NAME.env) over the model preset's CTX_LEN and LR, then the
     flags below; any other setting with --override KEY=VALUE (keys of the profile files). The resolved
@@ -51,7 +51,7 @@ def train(
         data: training data: a binidx prefix from `rwkv1c prepare` (PREFIX.bin/.idx) or a .jsonl file;
             required unless --resume.
         run: run name: the folder runs/NAME (default: PROFILE-DATE-TIME).
-        profile: training profile from configs/profile/ (lora-bf16, qlora-nf4, qlora-int8); default: PROFILE
+        profile: training profile from configs/profile/ (lora-bf16, qlora-nf4, qlora-int8, full-bf16); default: PROFILE
             of configs/workspace.env.
         preset: model preset for CTX_LEN / LR defaults (default: the preset with the checkpoint's sizes).
         val_data: held-out validation data (binidx prefix or .jsonl) instead of a VAL_FRACTION of the training
@@ -110,9 +110,12 @@ def train(
     from rwkv1c.train.loop import fit
 
     result = fit(spec)
-    if "adapter" in result:
+    if "adapter" in result or "model_file" in result:
         print(f"run: {result['run_dir']}")
-        print(f"adapter: {result['adapter']}")
+        if "adapter" in result:
+            print(f"adapter: {result['adapter']}")
+        else:
+            print(f"model: {result['model_file']}")
         if result["first_loss"] is not None:
             print(f"loss: {result['first_loss']:.4f} -> {result['last_loss']:.4f} after {result['steps']} steps")
         if result["val_loss"] is not None:

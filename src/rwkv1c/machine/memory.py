@@ -95,6 +95,7 @@ class RunShape:
     lora_r: int = DEFAULT_LORA_R
     lora_targets: tuple[str, ...] = BLOCK_LINEARS
     train_extra: tuple[str, ...] = ()
+    full: bool = False  # METHOD=full: every parameter trains (fp32 weight, grad, Adam m and v)
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,12 @@ def _features(shape: ModelConfig, run: RunShape) -> dict[str, float]:
     n_quant = shape.linear_params
     act_layers = 1 if run.grad_ckpt else shape.n_layer
     extra = sum(shape.group_params(g) for g in run.train_extra)  # trained in fp32: counted with the LoRA state
+    if run.full:  # every weight is training state (its fp32 copy is one of the 16 bytes); nothing frozen
+        n_quant, extra = 0, shape.n_params
     return {
         f"w_{run.quant}": float(n_quant),
         "other": float(shape.n_params - n_quant - extra),
-        "lora": float(shape.lora_params(run.lora_r, run.lora_targets) + extra),
+        "lora": float((0 if run.full else shape.lora_params(run.lora_r, run.lora_targets)) + extra),
         "act": float(tokens * shape.n_embd * act_layers),
         "ckpt": float(tokens * shape.n_embd * shape.n_layer) if run.grad_ckpt else 0.0,
         "int8_act": float(tokens * shape.n_embd * shape.n_layer) if run.quant == "int8" else 0.0,
@@ -198,6 +201,7 @@ class ProfileInfo:
     micro_bsz: int = 1
     lora_targets: tuple[str, ...] = BLOCK_LINEARS
     train_extra: tuple[str, ...] = ()
+    full: bool = False
 
     def run(self, ctx_len: int | None = None, micro_bsz: int | None = None, grad_ckpt: bool | None = None) -> RunShape:
         return RunShape(
@@ -208,6 +212,7 @@ class ProfileInfo:
             self.lora_r,
             self.lora_targets,
             self.train_extra,
+            self.full,
         )
 
 
@@ -234,6 +239,7 @@ def resolve_profile(name: str, root: Path | None = None) -> ProfileInfo:
         micro_bsz=cfg.micro_bsz,
         lora_targets=tuple(cfg.lora_targets),
         train_extra=tuple(cfg.train_extra),
+        full=cfg.method == "full",
     )
 
 
@@ -508,7 +514,7 @@ _NAMES = {
     "w_int8": "base weights (int8)",
     "w_nf4": "base weights (nf4)",
     "other": "emb/head/small params",
-    "lora": "LoRA + Adam state",
+    "lora": "trained + Adam state",
     "act": "activations",
     "ckpt": "checkpointed inputs",
     "int8_act": "int8 layer inputs",
@@ -556,6 +562,7 @@ def make_plan(
         "profile": prof.name,
         "quant": prof.quant,
         "lora_r": prof.lora_r,
+        "method": "full" if prof.full else "lora",
         "ctx_len": ctx_len,
         "micro_bsz": micro_bsz,
         "grad_ckpt": grad_ckpt,

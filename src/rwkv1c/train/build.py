@@ -34,11 +34,14 @@ def base_dtype(precision: Precision) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def load_base(path: Path, precision: Precision) -> RWKV7:
-    """The base checkpoint on the CPU in the dtype `precision` trains it in (`build_model` moves it)."""
+def load_base(path: Path, precision: Precision, *, full: bool = False) -> RWKV7:
+    """The base checkpoint on the CPU in the dtype it trains in (`build_model` moves it): the frozen base in
+    the compute dtype; for full fine-tuning fp32 master weights (autocast computes in bf16)."""
+    import torch
+
     from rwkv1c.model.rwkv7 import RWKV7
 
-    return RWKV7.from_pth(path, device="cpu", dtype=base_dtype(precision))
+    return RWKV7.from_pth(path, device="cpu", dtype=torch.float32 if full else base_dtype(precision))
 
 
 def compile_blocks_for(setting: str, device: str, quant: str) -> bool:
@@ -54,12 +57,19 @@ def compile_blocks_for(setting: str, device: str, quant: str) -> bool:
 def build_model(model: RWKV7, cfg: TrainConfig, device: Any) -> tuple[RWKV7, list[str]]:
     """Quantise the block linears as QUANT says, move to `device`, add LoRA (seeded: the same initial
     adapter on every rank and every resume), set the compile flag. Returns the model in train mode and
-    the checkpoint keys of the extra parameter groups that train whole."""
+    the checkpoint keys of the extra parameter groups that train whole. METHOD=full trains every
+    parameter instead (no LoRA, no quantisation)."""
     import torch
 
     from rwkv1c.model.lora import add_lora
     from rwkv1c.model.quant import quantize_block_linears
 
+    if cfg.method == "full":
+        model.to(device)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.compile_blocks = compile_blocks_for(cfg.compile, torch.device(device).type, "none")
+        return model.train(), []
     quantize_block_linears(model, cfg.quant, device=device, compute_dtype=model.emb.weight.dtype)
     model.to(device)
     torch.manual_seed(cfg.seed)
@@ -73,3 +83,21 @@ def build_model(model: RWKV7, cfg: TrainConfig, device: Any) -> tuple[RWKV7, lis
     )
     model.compile_blocks = compile_blocks_for(cfg.compile, torch.device(device).type, cfg.quant)
     return model.train(), extra
+
+
+def param_groups(model: RWKV7, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups. LoRA: the adapter matrices (with weight decay) and extra groups (without). Full: the
+    matrices of the blocks (with weight decay), the embedding, head, norms and vectors (without)."""
+    from rwkv1c.model import lora
+
+    if cfg.method != "full":
+        return lora.param_groups(model, cfg.weight_decay)
+    decayed: list[Any] = []
+    plain: list[Any] = []
+    for name, p in model.named_parameters():
+        is_matrix = p.dim() == 2 and name.startswith("blocks.") and name.endswith(".weight")
+        (decayed if is_matrix else plain).append(p)
+    return [
+        {"params": decayed, "weight_decay": cfg.weight_decay, "name": "matrices"},
+        {"params": plain, "weight_decay": 0.0, "name": "other"},
+    ]

@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 from rwkv1c.config import TrainConfig
 from rwkv1c.errors import UserError
-from rwkv1c.train.rundir import RunLog, latest_checkpoint, plot_metrics, publish_adapter, save_checkpoint
+from rwkv1c.train.rundir import (
+    MODEL_FILE,
+    RunLog,
+    latest_checkpoint,
+    plot_metrics,
+    publish_adapter,
+    publish_model,
+    save_checkpoint,
+)
 from rwkv1c.train.settings import RunSpec
 from rwkv1c.train.step import StepRunner, to_device
 
@@ -188,8 +196,7 @@ def open_run(spec: RunSpec, dist: DistInfo, log: RunLog) -> Run:
     from rwkv1c.data import documents as D
     from rwkv1c.data.packing import StepPlan, validation_windows
     from rwkv1c.model.checkpoint import file_sha256
-    from rwkv1c.model.lora import param_groups
-    from rwkv1c.train.build import build_model, load_base, precision_for
+    from rwkv1c.train.build import build_model, load_base, param_groups, precision_for
     from rwkv1c.train.step import use_cuda_graphs
 
     cfg = spec.cfg
@@ -210,7 +217,7 @@ def open_run(spec: RunSpec, dist: DistInfo, log: RunLog) -> Run:
     val_windows = validation_windows(val_docs, cfg.ctx_len, cfg.val_max_windows) if val_docs else []
 
     base_sha = file_sha256(spec.model) if dist.is_main else ""
-    model, extra_keys = build_model(load_base(spec.model, precision), cfg, dist.device)
+    model, extra_keys = build_model(load_base(spec.model, precision, full=cfg.method == "full"), cfg, dist.device)
     from rwkv1c.train.loss import build_loss_module
 
     loss_module = build_loss_module(model, cfg.grad_ckpt, keep_rng=cfg.lora_dropout > 0)
@@ -221,7 +228,7 @@ def open_run(spec: RunSpec, dist: DistInfo, log: RunLog) -> Run:
         ddp_kwargs: dict[str, Any] = {"device_ids": [dist.device]} if spec.device == "cuda" else {}
         train_module = DDP(loss_module, init_sync=False, **ddp_kwargs)
     # one fused kernel for the whole update on a GPU
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8,
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8,
                                   fused=spec.device == "cuda")  # fmt: skip
     trainable = [p for p in model.parameters() if p.requires_grad]
     graphs = use_cuda_graphs(cfg.cuda_graphs, spec.device, dist.world, cfg.quant, cfg.lora_dropout)
@@ -273,7 +280,13 @@ def resume(run: Run) -> int:
             "the training data changed since this run started (other documents or token counts)",
             hint="resume with the data the run was started on (see runs/NAME/config.json)",
         )
-    load_adapter_tensors(run.model, read_adapter_tensors(ckpt))
+    if run.cfg.method == "full":
+        weights = torch.load(ckpt / MODEL_FILE, map_location="cpu", weights_only=True)
+        with torch.no_grad():
+            for name, p in run.model.named_parameters():
+                p.copy_(weights[name])
+    else:
+        load_adapter_tensors(run.model, read_adapter_tensors(ckpt))
     run.optimizer.load_state_dict(state["optimizer"])
     rng = state["rng"][dist.rank]
     torch.set_rng_state(rng["cpu"])
@@ -360,15 +373,12 @@ def trainer_state(run: Run, step: int) -> dict[str, Any]:
 
 def checkpoint(run: Run, step: int) -> Path | None:
     """Save step `step` (every rank takes part); the folder on the main process, None elsewhere."""
-    from rwkv1c.model.lora import adapter_tensors
-
     state = trainer_state(run, step)
     error: UserError | None = None
     path = None
     if run.dist.is_main:
         try:
-            tensors = adapter_tensors(run.model, run.extra_keys)
-            path = save_checkpoint(run.spec.run_dir, step, tensors, adapter_meta(run, step), state,
+            path = save_checkpoint(run.spec.run_dir, step, lambda folder: write_weights(run, step, folder), state,
                                    run.cfg.keep_checkpoints)  # fmt: skip
             run.log.info(f"checkpoint {path.relative_to(run.spec.run_dir)}")
             plot_metrics(run.log.metrics_path, run.spec.run_dir / "loss.png")
@@ -380,6 +390,22 @@ def checkpoint(run: Run, step: int) -> Path | None:
     if failed:
         raise UserError("the main process could not write a checkpoint; see its message")
     return path
+
+
+def write_weights(run: Run, step: int, folder: Path) -> None:
+    """What a checkpoint holds of the model: the adapter (LoRA), or every weight in fp32 (full)."""
+    if run.cfg.method == "full":
+        import torch
+
+        from rwkv1c.fsutil import atomic_path
+
+        with atomic_path(folder / MODEL_FILE) as tmp:
+            torch.save({k: v.detach().float().cpu() for k, v in run.model.state_dict().items()}, tmp)
+        return
+    from rwkv1c.model.adapter import save_adapter
+    from rwkv1c.model.lora import adapter_tensors
+
+    save_adapter(folder, adapter_tensors(run.model, run.extra_keys), adapter_meta(run, step))
 
 
 # ---------------------------------------------------------------------------------------------- the steps
@@ -480,15 +506,23 @@ def log_step(run: Run, step: int, lr: float, losses: Losses, val_due: bool) -> N
 
 def finish(run: Run, step: int, losses: Losses) -> dict[str, Any]:
     """A last checkpoint (so the run can be extended) and the adapter; the run's summary."""
+    from rwkv1c.train.rundir import read_metrics
+
     last = checkpoint(run, step)
+    # a resumed run's first loss is the one its first session logged, not the first after the resume
+    logged = [r["loss"] for r in read_metrics(run.log.metrics_path) if r.get("loss") is not None]
     result: dict[str, Any] = {
         "run_dir": str(run.spec.run_dir),
         "steps": step,
-        "first_loss": losses.first,
+        "first_loss": logged[0] if logged else losses.first,
         "last_loss": losses.last,
         "val_loss": losses.val,
     }
-    if last is not None:
+    if last is not None and run.cfg.method == "full":
+        path = publish_model(run.spec.run_dir, last)
+        result["model_file"] = str(path)
+        run.log.info(f"done: {step} steps; model in {path}")
+    elif last is not None:
         adapter_dir = publish_adapter(run.spec.run_dir, last)
         result["adapter"] = str(adapter_dir)
         run.log.info(f"done: {step} steps; adapter in {adapter_dir}")

@@ -18,15 +18,17 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rwkv1c.errors import UserError
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 CHECKPOINT_PREFIX = "step-"
+MODEL_FILE = "model.pth"  # a full fine-tuning run's weights: fp32 in checkpoints, bf16 in runs/NAME/
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -180,25 +182,25 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    tensors: dict[str, torch.Tensor],
-    adapter_cfg: dict[str, Any],
+    write_weights: Callable[[Path], None],
     trainer_state: dict[str, Any],
     keep: int,
 ) -> Path:
-    """checkpoints/step-N/: adapter (usable by merge / generate) + trainer.pt. Written under a temporary
-    name and renamed when complete; older ones beyond `keep` are removed only afterwards, so a failure
-    (disk full) leaves the previous checkpoint intact."""
+    """checkpoints/step-N/: the weights (`write_weights` fills the folder: the adapter, usable by merge /
+    generate, or a full run's model.pth) + trainer.pt. Written under a temporary name and renamed when
+    complete; older ones beyond `keep` are removed only afterwards, so a failure (disk full) leaves the
+    previous checkpoint intact."""
     import torch
 
     from rwkv1c.fsutil import atomic_path
-    from rwkv1c.model.adapter import save_adapter
 
     folder = run_dir / "checkpoints"
     final = folder / f"{CHECKPOINT_PREFIX}{step:06d}"
     tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_adapter(tmp, tensors, adapter_cfg)
+        tmp.mkdir(parents=True)
+        write_weights(tmp)
         with atomic_path(tmp / "trainer.pt") as t:
             torch.save(trainer_state, t)
         if final.exists():
@@ -238,4 +240,23 @@ def publish_adapter(run_dir: Path, checkpoint: Path) -> Path:
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def publish_model(run_dir: Path, checkpoint: Path) -> Path:
+    """runs/NAME/model.pth: a full run's final weights as an official-layout bf16 checkpoint (written
+    atomically), the way the released models are stored and every RWKV runtime reads them."""
+    import torch
+
+    from rwkv1c.fsutil import atomic_path
+
+    weights = torch.load(checkpoint / MODEL_FILE, map_location="cpu", weights_only=True)
+    final = run_dir / MODEL_FILE
+    try:
+        with atomic_path(final) as tmp:
+            torch.save({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, tmp)
+    except OSError as exc:
+        raise UserError(
+            f"could not write {final}: {exc.strerror or exc}", hint="free disk space, then --resume"
+        ) from None
     return final

@@ -582,6 +582,7 @@ def parse_doc_comment(doc: str) -> DocComment:
     """Split a ``//`` doc comment into description / parameters / return value / example."""
     sections: dict[str, list[str]] = {"description": [], "params": [], "returns": [], "example": [], "raises": []}
     current = "description"
+    headings: list[str] = []
     for raw in doc.split("\n"):
         line = raw.strip()
         line = line[2:] if line.startswith("//") else line
@@ -590,6 +591,8 @@ def parse_doc_comment(doc: str) -> DocComment:
         m = _SECTION_RE.match(line.strip())
         if m:
             current = _SECTION_CANON[m.group(1).lower()]
+            if current != "example":  # the example is code, its heading says nothing of the prose
+                headings.append(m.group(1))
             if m.group(2):
                 sections[current].append(m.group(2))
             continue
@@ -599,27 +602,91 @@ def parse_doc_comment(doc: str) -> DocComment:
         return textwrap.dedent("\n".join(sections[name]).expandtabs(4)).strip("\n")
 
     description = " ".join(" ".join(sections["description"]).split())
-    has_cyrillic = bool(re.search("[А-Яа-яЁё]", doc))
+    params, returns = join("params"), join("returns")
     return DocComment(
         description=description,
-        params=join("params"),
-        returns=join("returns"),
+        params=params,
+        returns=returns,
         example=join("example"),
-        language="ru" if has_cyrillic else ("en" if re.search("[A-Za-z]", doc) else "none"),
+        language=_prose_language(description, headings, "\n".join((description, params, returns))),
     )
 
 
-def is_standard_doc(doc: DocComment, method: Method) -> bool:
-    """Whether a method carries a doc comment in the standard layout.
+_PROSE_TOKEN_RE = re.compile(r"[\w.]+")
+_CYRILLIC_WORD_RE = re.compile(r"[\u0400-\u04ff]+")
+_LATIN_WORD_RE = re.compile(r"[A-Za-z]+")
 
-    Standard = a description of at least two words that is not a "see X" reference, a parameters
-    section when the method takes parameters, and a return-value section when it is a function.
+
+def _prose_language(description: str, headings: list[str], fallback: str) -> Language:
+    """The language a doc comment is written in, judged by its prose, not by the names it quotes.
+
+    Words of the description and the section headings are counted by script; identifiers
+    (``СправочникСсылка.Пользователи``, ``ТаблицаЗначений``, ``Value_1``) are left out, so an English comment
+    naming Russian types stays English. A tie is decided by the letters of ``fallback`` (the comment without
+    its example).
+    """
+    votes = {"ru": 0, "en": 0}
+    for heading in headings:
+        votes["ru" if _CYRILLIC_WORD_RE.search(heading) else "en"] += 1
+    for token in _PROSE_TOKEN_RE.findall(description):
+        word = token.rstrip(".")
+        if not word or "." in word or any(c.isdigit() or c == "_" or c.isupper() for c in word[1:]):
+            continue  # an identifier or a qualified name, not a word of prose
+        if _CYRILLIC_WORD_RE.fullmatch(word):
+            votes["ru"] += 1
+        elif _LATIN_WORD_RE.fullmatch(word):
+            votes["en"] += 1
+    if votes["ru"] == votes["en"]:
+        votes = {"ru": len(re.findall("[\u0400-\u04ff]", fallback)), "en": len(re.findall("[A-Za-z]", fallback))}
+    if not votes["ru"] and not votes["en"]:
+        return "none"
+    return "ru" if votes["ru"] >= votes["en"] else "en"
+
+
+_DOC_PARAM_RE = re.compile(r"^([ \t]*)(\w+)[ \t]*(?:\n[ \t]*)?[-–—]", re.MULTILINE)  # "Имя - Тип" or "Имя\n  - Тип"
+_SIGNATURE_PARAM_RE = re.compile(r"\s*(?:(?:знач|val)\s+)?(\w+)", re.IGNORECASE)
+_LITERAL_RE = re.compile(r"\"[^\"]*\"|'[^']*'")
+
+
+def signature_params(params: str) -> list[str]:
+    """Parameter names of a method header's parameter list (``Знач А, Б = ","`` -> ``["А", "Б"]``)."""
+    names = []
+    for part in _LITERAL_RE.sub('""', params).split(","):
+        m = _SIGNATURE_PARAM_RE.match(part)
+        if m:
+            names.append(m.group(1))
+    return names
+
+
+def documented_params(doc: DocComment) -> list[str]:
+    """Parameter names a doc comment describes: the least indented ``Name - ...`` lines of its section
+    (or a ``Name`` line followed by ``- Type`` lines, the layout for several types).
+
+    Lines indented deeper are structure fields or notes (``* Ключ - ...``); ``Нет.`` names nothing.
+    """
+    found = [(len(m.group(1).expandtabs(4)), m.group(2)) for m in _DOC_PARAM_RE.finditer(doc.params)]
+    least = min((indent for indent, _ in found), default=0)
+    return [name for indent, name in found if indent == least]
+
+
+def is_standard_doc(doc: DocComment, method: Method) -> bool:
+    """Whether a method carries a doc comment in the standard layout that fits the method.
+
+    Standard = a description of at least two words that is not a "see X" reference; a parameters section
+    naming only parameters of the signature (at least one when the method takes any, none when it takes
+    none); a return-value section on a function and none on a procedure. A comment copied from another
+    method (a return value on a procedure, ``Параметры: Нет.`` or other names on a method with
+    parameters) is not standard.
     """
     if len(doc.description.split()) < 2 or doc.is_reference:
         return False
-    if method.params.strip() and not doc.params.strip():
+    if (method.kind == "function") != bool(doc.returns.strip()):
         return False
-    return not (method.kind == "function" and not doc.returns.strip())
+    expected = {name.lower() for name in signature_params(method.params)}
+    documented = {name.lower() for name in documented_params(doc)}
+    if expected and not documented:
+        return False
+    return documented <= expected
 
 
 # -- scoring of generated code ----------------------------------------------------------------------------

@@ -91,24 +91,41 @@ def unique_module(i: int) -> str:
     )
 
 
+# EDT writes LF without a BOM; this header ends two of its lines in spaces, as many real headers do
+EDT_HEADER = (
+    "///////////////////////////////////////////////////////////\n"
+    "// Copyright (c) {year}, ООО Пример  \n"
+    "// Распространяется по лицензии Apache-2.0 \n"
+    "///////////////////////////////////////////////////////////\n"
+)
+HTTP_MODULE = "// Обрабатывает запрос к API и возвращает ответ сервиса.\n" + unique_module(6)
+
+
 @pytest.fixture
 def edt_tree(tmp_path: Path) -> Path:
-    """A small 1C:EDT project (LF, no BOM)."""
+    """A small 1C:EDT project: objects, forms, commands, a common module with its .mdo, a licence header
+    (trailing spaces, another year in one module) before all but one module, a module that starts with a
+    blank line, one with bare-CR line breaks, one that starts with the doc comment of its first method."""
     src = tmp_path / "edt" / "src"
-    write(src / "CommonModules" / "Расчеты" / "Module.bsl", DOCUMENTED.format(name="СуммаСтрок"))
+
+    def put(rel: str, text: str, *, year: int = 2024, lead: str = "", cr: bool = False) -> None:
+        data = lead + EDT_HEADER.format(year=year) + "\n" + text
+        write(src / rel, data.replace("\n", "\r") if cr else data)
+
+    put("CommonModules/Расчеты/Module.bsl", DOCUMENTED.format(name="СуммаСтрок"))
     write(
         src / "CommonModules" / "Расчеты" / "Расчеты.mdo",
         '<?xml version="1.0" encoding="UTF-8"?>\n<mdclass:CommonModule xmlns:mdclass="http://g5.1c.ru/v8/dt/metadata/mdclass">'
         "\n  <name>Расчеты</name>\n  <server>true</server>\n  <serverCall>true</serverCall>\n</mdclass:CommonModule>\n",
     )
-    write(src / "Catalogs" / "Товары" / "Forms" / "ФормаЭлемента" / "Module.bsl", FORM.format(name="товара"))
-    write(src / "Catalogs" / "Товары" / "ObjectModule.bsl", unique_module(1))
-    write(src / "Catalogs" / "Товары" / "ManagerModule.bsl", unique_module(2))
-    write(src / "Documents" / "Заказ" / "Commands" / "Печать" / "CommandModule.bsl", unique_module(3))
-    write(src / "CommonForms" / "Вопрос" / "Module.bsl", FORM.format(name="вопроса"))
-    write(src / "Configuration" / "SessionModule.bsl", unique_module(4))
-    write(src / "InformationRegisters" / "Цены" / "RecordSetModule.bsl", unique_module(5))
-    write(src / "HTTPServices" / "API" / "Module.bsl", unique_module(6))
+    put("Catalogs/Товары/Forms/ФормаЭлемента/Module.bsl", FORM.format(name="товара"))
+    put("Catalogs/Товары/ObjectModule.bsl", unique_module(1), year=2023)
+    put("Catalogs/Товары/ManagerModule.bsl", unique_module(2), lead="\n")
+    put("Documents/Заказ/Commands/Печать/CommandModule.bsl", unique_module(3), cr=True)
+    put("CommonForms/Вопрос/Module.bsl", FORM.format(name="вопроса"))
+    put("Configuration/SessionModule.bsl", unique_module(4))
+    put("InformationRegisters/Цены/RecordSetModule.bsl", unique_module(5))
+    write(src / "HTTPServices" / "API" / "Module.bsl", HTTP_MODULE)
     write(src / "Constants" / "Флаг" / "ValueManagerModule.bsl", "")  # empty: skipped
     return tmp_path / "edt"
 
@@ -182,6 +199,9 @@ def test_classify_designer_layout(designer_tree: Path) -> None:
         ), rel  # fmt: skip
         assert info.layout == "designer"
     assert got["CommonModules/Общий/Ext/Module.bsl"].context == ("server", "client", "reuse_DuringRequest")
+    for path in designer_tree.rglob("*.bsl"):
+        rel = path.relative_to(designer_tree).as_posix()
+        assert got[rel].key == classify(path, designer_tree.parent).key == rel
 
 
 def test_classify_edt_layout(edt_tree: Path) -> None:
@@ -201,6 +221,10 @@ def test_classify_edt_layout(edt_tree: Path) -> None:
     }
     assert all(i.layout == "edt" for i in got.values())
     assert got["CommonModules/Расчеты/Module.bsl"].context == ("server", "server_call")
+    # the path from the configuration root, also when the project folder above src/ is given
+    for path in src.rglob("*.bsl"):
+        rel = path.relative_to(src).as_posix()
+        assert got[rel].key == classify(path, edt_tree).key == classify(path, edt_tree.parent).key == rel
 
 
 def test_classify_external_data_processor_dump(tmp_path: Path) -> None:
@@ -213,16 +237,50 @@ def test_classify_external_data_processor_dump(tmp_path: Path) -> None:
     assert (info.kind, info.object_type, info.object_name, info.form) == (
         "form_module", "ExternalDataProcessors", "Загрузка", "Форма"
     )  # fmt: skip
+    assert info.key == classify(form, tmp_path.parent).key == "Загрузка/Forms/Форма/Ext/Form/Module.bsl"
+    assert classify(obj, tmp_path.parent).key == "Загрузка/Ext/ObjectModule.bsl"
 
 
 def test_read_source_decoding(tmp_path: Path) -> None:
-    assert read_source(write(tmp_path / "a.bsl", "А = 1;\nБ = 2;\n", bom=True, crlf=True)) == ("А = 1;\nБ = 2;\n", "")
-    assert read_source(write(tmp_path / "b.bsl", "А = 1;\rБ = 2;")) == ("А = 1;\nБ = 2;", "")
-    assert read_source(write(tmp_path / "c.bsl", "", bom=True)) == (None, "empty")
-    assert read_source(write(tmp_path / "d.bsl", " \r\n\t\r\n")) == (None, "empty")
+    crlf = write(tmp_path / "a.bsl", "А = 1;\nБ = 2;\n", bom=True, crlf=True)
+    assert read_source(crlf) == ("А = 1;\nБ = 2;\n", "", 0)
+    assert read_source(write(tmp_path / "b.bsl", "А = 1;\rБ = 2;")) == ("А = 1;\nБ = 2;", "", 0)
+    assert read_source(write(tmp_path / "c.bsl", "", bom=True)) == (None, "empty", 0)
+    assert read_source(write(tmp_path / "d.bsl", " \r\n\t\r\n")) == (None, "empty", 0)
     (tmp_path / "e.bsl").write_bytes("А = 1;".encode("cp1251"))
-    text, reason = read_source(tmp_path / "e.bsl")
-    assert text is None and reason.startswith("not UTF-8")
+    source = read_source(tmp_path / "e.bsl")
+    assert source.text is None and source.reason.startswith("not UTF-8")
+
+
+def test_control_characters_are_removed_or_the_file_is_skipped(tmp_path: Path) -> None:
+    text = 'Процедура А()\n\tБ = "x\x00y";\x1b\n\tВ = 1;\x7f\nКонецПроцедуры\n'
+    clean = 'Процедура А()\n\tБ = "xy";\n\tВ = 1;\nКонецПроцедуры\n'
+    assert read_source(write(tmp_path / "a.bsl", text)) == (clean, "", 3)
+    assert read_source(write(tmp_path / "b.bsl", "А = 1;\n" + "\x00" * 100)) == (
+        None, "binary data (100 control characters)", 0
+    )  # fmt: skip
+
+
+def test_modules_with_nul_are_cleaned_and_reported(designer_tree: Path, tmp_path: Path) -> None:
+    write(designer_tree / "CommonModules" / "Нуль" / "Ext" / "Module.bsl", unique_module(9).replace("*", "*\x00", 2))
+    write(designer_tree / "CommonModules" / "Мусор" / "Ext" / "Module.bsl", "\x00" * 64)
+    out = tmp_path / "out" / "train.jsonl"
+    harvest(designer_tree, output=out)
+    assert "\\u0000" not in out.read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    (row,) = [r for r in rows if r["task"] == "text" and r["source"] == "CommonModules/Нуль/Ext/Module.bsl"]
+    assert row["text"] == unique_module(9).strip("\n")
+    summary_path, card_path = side_paths(out)
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    assert summary["control_characters_removed"] == {
+        "modules": 1, "characters": 2, "files": [{"path": "CommonModules/Нуль/Ext/Module.bsl", "characters": 2}]
+    }  # fmt: skip
+    assert {"path": "CommonModules/Мусор/Ext/Module.bsl", "reason": "binary data (64 control characters)"} in summary[
+        "skipped"
+    ]
+    card = card_path.read_text(encoding="utf-8")
+    assert "control characters (NUL and the like) removed: 1 (2 characters)" in card
+    assert "binary data: 1" in card
 
 
 def test_edt_project_end_to_end(edt_tree: Path, tmp_path: Path) -> None:
@@ -256,6 +314,68 @@ def test_edt_project_end_to_end(edt_tree: Path, tmp_path: Path) -> None:
     assert all(isinstance(r["tokens"], int) and r["tokens"] > 0 for r in rows)
     card = card_path.read_text(encoding="utf-8")
     assert "# 1C:Enterprise (BSL) data set" in card and f"| train | {len(train)} |" in card
+
+
+def test_rows_start_after_the_header_and_point_into_the_source_files(edt_tree: Path) -> None:
+    """Headers with trailing spaces, after a blank line or of another year are removed whole, and every text
+    row is the source file's own lines: the ``lines`` of a chunk are counted in the file, not after the header."""
+    result = harvest_tree(edt_tree, HarvestSettings(max_tokens=100), split=False)
+    assert result.summary["license_headers_removed"]["modules"] == 8  # all but the HTTP service
+    rows = [r for r in result.train if r["task"] == "text"]
+    chunks = [r for r in rows if "lines" in r]
+    assert {r["source"] for r in chunks} >= {
+        "src/CommonModules/Расчеты/Module.bsl", "src/Documents/Заказ/Commands/Печать/CommandModule.bsl"
+    }  # fmt: skip
+    for row in rows:
+        assert "Copyright" not in row["text"] and "\r" not in row["text"]
+        assert row["text"].split("\n", 1)[0].strip("/ "), row  # never a stray "/" or a separator line
+    assert_rows_are_source_lines(edt_tree, rows)
+    api = [r for r in rows if r["object_type"] == "HTTPServices"]
+    assert api[0]["lines"][0] == 1 and api[0]["text"].startswith(HTTP_MODULE.split("\n")[0])  # a doc comment, kept
+
+
+def test_chunk_lines_count_from_the_source_file(designer_tree: Path) -> None:
+    result = harvest_tree(designer_tree, HarvestSettings(max_tokens=100), split=False)
+    chunks = [r for r in result.train if "lines" in r]
+    assert chunks and min(r["lines"][0] for r in chunks) == len(HEADER.splitlines()) + 2  # after header + blank
+    assert_rows_are_source_lines(designer_tree, result.train)
+
+
+def test_structural_problems_name_source_lines(designer_tree: Path) -> None:
+    write(designer_tree / "CommonModules" / "Сломан" / "Ext" / "Module.bsl", HEADER + "\nПроцедура А()\n\tБ = 1;\n")
+    result = harvest_tree(designer_tree, HarvestSettings(), split=False)
+    (broken,) = result.summary["structural_problems"]
+    header_lines = len(HEADER.splitlines()) + 1  # and the blank line after it
+    assert broken["problems"] == [f"line {header_lines + 1}: 'Процедура' is not closed at the end of the module"]
+
+
+def assert_rows_are_source_lines(tree: Path, rows: list[dict[str, Any]]) -> None:
+    """Each text row is the lines ``lines`` of its source file, or the end of a whole module."""
+    for row in rows:
+        if row["task"] != "text":
+            continue
+        source = bsl.normalize_newlines((tree / row["source"]).read_bytes().decode("utf-8-sig")).split("\n")
+        if "lines" in row:
+            first, last = row["lines"]
+            assert "\n".join(source[first - 1 : last]) == row["text"], row["source"]
+        else:
+            assert "\n".join(source).strip("\n").endswith(row["text"]), row["source"]
+
+
+@pytest.mark.parametrize("layout", ["edt", "designer"])
+def test_the_split_is_the_same_from_any_folder_above_the_configuration(
+    layout: str, request: pytest.FixtureRequest
+) -> None:
+    tree: Path = request.getfixturevalue(f"{layout}_tree")
+    inner = tree / "src" if layout == "edt" else tree  # EDT: the project's src/; Designer: the dump
+    outer = tree.parent
+    prefix = inner.relative_to(outer).as_posix() + "/"
+    settings = HarvestSettings(validation_fraction=0.3)
+    near, far = harvest_tree(inner, settings), harvest_tree(outer, settings)
+    assert near.validation and near.train
+    for split in ("train", "validation"):
+        moved = [{**r, "source": r["source"].removeprefix(prefix)} for r in getattr(far, split)]
+        assert moved == getattr(near, split), split
 
 
 def test_designer_dump_dedup_header_and_split(designer_tree: Path, tmp_path: Path) -> None:
@@ -295,9 +415,33 @@ def test_output_is_deterministic(designer_tree: Path, tmp_path: Path) -> None:
 def test_license_header_detection() -> None:
     texts = [HEADER + f"\nА = {i};\n" for i in range(5)] + ["// Просто комментарий\nБ = 1;\n"] * 5
     headers = repeated_headers(texts)
-    assert headers == [HEADER.rstrip("\n")]  # the repeated plain comment is not a licence
-    assert strip_header(texts[0], headers) == "А = 0;\n"
-    assert strip_header(texts[-1], headers) == texts[-1]
+    assert len(headers) == 1 and "Copyright (c) YYYY, ООО Пример" in headers[0]  # the plain comment is no licence
+    assert strip_header(texts[0], headers) == ("А = 0;\n", 5, HEADER.rstrip("\n"))
+    assert strip_header(texts[-1], headers) == (texts[-1], 0, "")
+    # another year, trailing spaces, blank lines above, a longer separator: the same header; indentation stays
+    written = HEADER.replace("2024", "2019").replace("////\n", "////////\n")
+    variant = written.replace("Пример\n", "Пример   \n")
+    assert strip_header("\n \n" + variant + "\n\n\tА = 1;\n", headers) == ("\tА = 1;\n", 8, written.rstrip("\n"))
+    # the header directly above the doc comment of the first method: the doc comment stays
+    method = "// Возвращает единицу.\nФункция Один() Экспорт\n\tВозврат 1;\nКонецФункции\n"
+    assert strip_header(HEADER + method, headers) == (method, 4, HEADER.rstrip("\n"))
+
+
+def test_header_versions_count_together() -> None:
+    """A year other than the common one is the same licence, however rare (here under 1 % of the modules)."""
+    texts = [HEADER + f"\nА = {i};\n" for i in range(300)]
+    texts[0] = texts[0].replace("2024", "2022")
+    texts[1] = "\n" + texts[1].replace("2024", "2023").replace("Пример", "Пример  ")
+    headers = repeated_headers(texts)
+    assert [strip_header(t, headers)[0] for t in texts[:3]] == ["А = 0;\n", "А = 1;\n", "А = 2;\n"]
+
+
+def test_doc_comments_of_first_methods_are_not_headers() -> None:
+    """A doc comment that opens several modules stays, even when it speaks of a licence."""
+    doc = "// Проверяет лицензию на программу, все права на которую принадлежат владельцу.\n"
+    texts = [doc + f"Функция Проверка{i}() Экспорт\n\tВозврат {i};\nКонецФункции\n" for i in range(5)]
+    texts += [doc + f"&НаСервере\nПроцедура П{i}()\nКонецПроцедуры\n" for i in range(5)]
+    assert repeated_headers(texts) == []
 
 
 def test_near_duplicates() -> None:
@@ -381,7 +525,8 @@ def test_cli_runs_harvest(edt_tree: Path, tmp_path: Path, capsys: pytest.Capture
     assert cli.main(["harvest", str(edt_tree), "--output", str(out), "--no-completions"]) == 0
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert rows and not any(r["task"] == "complete" for r in rows)
-    assert re.search(r"modules 9/9 kept", capsys.readouterr().out)
+    printed = capsys.readouterr().out
+    assert re.search(r"modules 9/9 kept", printed) and "licence header removed from 8," in printed
     assert cli.main(["harvest", str(tmp_path / "nope"), "--output", str(out)]) == 1
     assert "source folder not found" in capsys.readouterr().err
 
@@ -458,3 +603,31 @@ def test_corpus_split_is_by_module_and_runs_are_identical(corpus_runs: list[dict
     assert val_sources and not train_sources & val_sources
     for a, b in zip(first["files"], second["files"], strict=True):
         assert a.read_bytes() == b.read_bytes(), a.name
+
+
+@pytest.mark.corpus
+def test_corpus_rows_start_after_the_header_and_point_into_the_sources(
+    corpus_dir: Path, corpus_runs: list[dict[str, Any]]
+) -> None:
+    run = corpus_runs[0]
+    summary = json.loads(side_paths(run["out"])[0].read_text(encoding="utf-8"))
+    assert summary["license_headers_removed"]["modules"] == summary["modules_read"]  # every module has one
+    texts = [r for r in load(run["out"]) + load(run["val"]) if r["task"] == "text"]
+    assert not [r["source"] for r in texts if r["text"].split("\n", 1)[0].strip() == "/"]
+    assert not [r["source"] for r in texts if "Copyright (c)" in r["text"][:500]]
+    assert_rows_are_source_lines(corpus_dir, texts)
+
+
+@pytest.mark.corpus
+def test_corpus_split_is_the_same_from_the_configuration_root(
+    corpus_dir: Path, corpus_runs: list[dict[str, Any]]
+) -> None:
+    """Harvesting the configuration itself (src/cf) or the folder two levels above gives the same rows."""
+    root = corpus_dir / "src" / "cf"
+    if not root.is_dir():
+        pytest.skip(f"no configuration root at {root}")
+    result = harvest_tree(root, HarvestSettings())
+    run = corpus_runs[0]
+    for mine, theirs in ((result.train, load(run["out"])), (result.validation, load(run["val"]))):
+        assert [{**r, "source": "src/cf/" + r["source"]} for r in mine] == theirs
+    assert result.validation

@@ -35,7 +35,7 @@ def harvest(
         validation_fraction: Share of modules held out for validation.
         seed: Seed of the train/validation split.
         max_tokens: Token budget of one text row; longer modules are cut at region and method boundaries.
-        strip_license_header: Remove a licence comment block repeated at the top of many modules.
+        strip_license_header: Remove a licence comment block that opens many modules (its year may differ).
         dedup: Drop exact and near-duplicate modules, and duplicate rows.
         near_duplicate_threshold: Word 5-gram Jaccard similarity from which two modules count as duplicates.
         instructions: Build doc2code rows from methods with a standard doc comment.
@@ -76,6 +76,8 @@ def harvest(
         f"modules {s['modules_kept']}/{s['modules_read']} kept, methods {s['methods']}, "
         f"train {s['train']['rows']} rows / {s['train']['tokens']} tokens, "
         f"validation {s['validation']['rows']} rows / {s['validation']['tokens']} tokens, "
+        f"licence header removed from {s['license_headers_removed']['modules']}, "
+        f"control characters removed from {s['control_characters_removed']['modules']}, "
         f"skipped {len(s['skipped'])}"
     )
     return 0

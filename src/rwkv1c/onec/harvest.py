@@ -33,10 +33,10 @@ import re
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from rwkv1c.data.prompts import render_pair
 from rwkv1c.errors import raise_all
@@ -109,7 +109,8 @@ _KIND_RU = {
 
 @dataclass(frozen=True)
 class ModuleInfo:
-    """Where a module sits in the configuration. ``path`` is relative to the source folder (POSIX)."""
+    """Where a module sits in the configuration. ``path`` is relative to the source folder (POSIX);
+    ``key`` is the path from the configuration root, the same whichever folder above it was given."""
 
     path: str
     layout: Layout
@@ -119,6 +120,7 @@ class ModuleInfo:
     form: str = ""
     command: str = ""
     context: tuple[str, ...] = ()
+    key: str = ""
 
     def describe(self, language: str) -> str:
         """One line naming the module, for instruction prompts."""
@@ -178,19 +180,39 @@ def discover(src_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(src_dir).as_posix())
 
 
-def read_source(path: Path) -> tuple[str | None, str]:
-    """(text with LF newlines, "") or (None, why it is skipped). UTF-8 with or without BOM."""
+class Source(NamedTuple):
+    """A module as read: its text (None when skipped), why it was skipped, control characters removed."""
+
+    text: str | None
+    reason: str = ""
+    removed: int = 0
+
+
+# C0 and C1 control characters other than tab and newline: never text in a module (a NUL, an ESC...)
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def read_source(path: Path) -> Source:
+    """A module's text with LF newlines, UTF-8 with or without BOM.
+
+    Stray control characters are removed (``removed`` counts them); a file where they are more than 1 % of
+    the characters (and more than 8) is binary, not a module, and is skipped like an empty one or one that is
+    not UTF-8.
+    """
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, f"not UTF-8 (byte {exc.start})"
+        return Source(None, f"not UTF-8 (byte {exc.start})")
     text = normalize_newlines(text)
+    text, removed = _CONTROL_RE.subn("", text)
+    if removed > max(8, (len(text) + removed) // 100):
+        return Source(None, f"binary data ({removed} control characters)")
     if not text.strip():
-        return None, "empty"
-    return text, ""
+        return Source(None, "empty")
+    return Source(text, "", removed)
 
 
 def _sniff_external(owner_dir: Path) -> str | None:
@@ -205,7 +227,39 @@ def _sniff_external(owner_dir: Path) -> str | None:
 
 
 def classify(path: Path, src_dir: Path) -> ModuleInfo:
-    """Module kind, owner object and layout of one ``.bsl`` file, from its folders."""
+    """Module kind, owner object, layout and configuration path of one ``.bsl`` file, from its folders."""
+    info = _classify(path, src_dir)
+    depth = _config_depth(info)
+    parts = info.path.split("/")
+    return replace(info, key="/".join(parts[-depth:]) if depth else info.path)
+
+
+_EXTERNAL_TYPES = ("ExternalDataProcessors", "ExternalReports")
+
+
+def _config_depth(info: ModuleInfo) -> int:
+    """How many trailing parts of a module's path lie under the configuration root (0: not known).
+
+    ``<Type>/<Name>/Ext/ObjectModule.bsl`` is 4 in a Designer dump, ``<Type>/<Name>/ObjectModule.bsl`` 3
+    in EDT; a dumped external data processor or report has no ``<Type>`` folder.
+    """
+    if info.layout == "other":
+        return 0
+    designer = info.layout == "designer"
+    external = info.object_type in _EXTERNAL_TYPES
+    if info.kind in _CONFIG_KINDS:  # Ext/SessionModule.bsl, Configuration/SessionModule.bsl
+        return 2
+    if info.kind == "form_module" and info.object_type == "CommonForms":
+        return 5 if designer else 3
+    if info.kind == "form_module":  # <Type>/<Owner>/Forms/<F>/[Ext/Form/]Module.bsl
+        return (7 if designer else 5) - external
+    own = 4 if designer else 3
+    if info.command and info.object_type != "CommonCommands":  # <Type>/<Owner>/Commands/<C>/...
+        return own + 2 - external
+    return own - external
+
+
+def _classify(path: Path, src_dir: Path) -> ModuleInfo:
     rel = path.relative_to(src_dir)
     parts = rel.parts
     name = parts[-1]
@@ -273,29 +327,76 @@ def _context(kind: str, folder: Path) -> tuple[str, ...]:
 # -- licence headers and duplicates ------------------------------------------------------------------------
 
 
-def leading_comment(text: str) -> str:
-    """The block of ``//`` lines at the very top of a module ('' if it does not start with one)."""
-    lines = []
-    for line in text.split("\n"):
-        if not line.strip().startswith("//"):
+@dataclass(frozen=True)
+class LeadingComment:
+    """The ``//`` block at the top of a module. Lines are 0-based: ``start`` is its first, ``end`` the one after."""
+
+    start: int
+    end: int
+    text: str  # its lines, trailing spaces removed (quoted in the card)
+    key: str  # the text with years, spacing and separator lengths normalised: what repeats across modules
+
+
+_SEPARATOR_RE = re.compile(r"/{4,}")  # a line of slashes frames a header
+_METHOD_START_RE = re.compile(
+    r"\s*(?:&|(?:асинх\s+|async\s+)?(?:процедура|функция|procedure|function)\b)", re.IGNORECASE
+)
+_YEAR_RE = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")
+
+
+def leading_comment(text: str) -> LeadingComment | None:
+    """The block of ``//`` lines at the top of a module, after any blank lines (None if there is none).
+
+    A block directly above a method header or directive is that method's doc comment, not a header (None).
+    A block that goes on past a separator line (``////...``) closing a licence notice is cut there: what
+    follows, without a blank line, is the doc comment of the first method, not part of the header.
+    """
+    lines = text.split("\n")
+    start = 0
+    while start < len(lines) and not lines[start].strip():
+        start += 1
+    end, licence_seen = start, False
+    while end < len(lines) and lines[end].strip().startswith("//"):
+        stripped = lines[end].strip()
+        end += 1
+        if licence_seen and _SEPARATOR_RE.fullmatch(stripped):
             break
-        lines.append(line.rstrip())
-    return "\n".join(lines)
+        licence_seen = licence_seen or bool(_LICENSE_WORDS.search(stripped))
+    if end == start or (end < len(lines) and _METHOD_START_RE.match(lines[end])):
+        return None  # nothing, or the doc comment of the module's first method
+    block = [line.rstrip() for line in lines[start:end]]
+    key_lines = []
+    for line in block:
+        line = " ".join(line.split())
+        key_lines.append("//" if _SEPARATOR_RE.fullmatch(line) else _YEAR_RE.sub("YYYY", line))
+    return LeadingComment(start, end, "\n".join(block), "\n".join(key_lines))
 
 
 def repeated_headers(texts: Sequence[str]) -> list[str]:
-    """Leading comment blocks that look like a licence and repeat across modules."""
-    counts = Counter(h for h in map(leading_comment, texts) if h)
+    """Keys (``LeadingComment.key``) of the leading comments that look like a licence and repeat.
+
+    A header counts as repeated when its key, which ignores the year, the spacing and the length of the
+    separator lines, starts at least 1 % of the modules (and at least two).
+    """
+    counts = Counter(c.key for c in map(leading_comment, texts) if c is not None)
     need = max(2, len(texts) // 100)
-    return sorted(h for h, n in counts.items() if n >= need and _LICENSE_WORDS.search(h))
+    return sorted(k for k, n in counts.items() if n >= need and _LICENSE_WORDS.search(k))
 
 
-def strip_header(text: str, headers: Sequence[str]) -> str:
-    """The text without a leading header from ``headers`` (and the blank lines after it)."""
+def strip_header(text: str, headers: Collection[str]) -> tuple[str, int, str]:
+    """The text without a leading header whose key is in ``headers`` and the blank lines around it.
+
+    Returns (text, lines removed, the header as written); (text, 0, "") when there is none, so that line
+    numbers of the rest can still point into the source file.
+    """
     head = leading_comment(text)
-    if head and head in headers:
-        return text[len(head) :].lstrip("\n \t")
-    return text
+    if head is None or head.key not in headers:
+        return text, 0, ""
+    lines = text.split("\n")
+    end = head.end
+    while end < len(lines) and not lines[end].strip():
+        end += 1
+    return "\n".join(lines[end:]), end, head.text
 
 
 def _shingles(text: str, word_ids: dict[str, int], k: int = 5) -> Any:
@@ -511,9 +612,18 @@ def _region_at(parsed: bsl.ParsedModule, line: int) -> str:
 
 
 def module_samples(
-    info: ModuleInfo, text: str, parsed: bsl.ParsedModule, settings: HarvestSettings, encode: Encoder
+    info: ModuleInfo,
+    text: str,
+    parsed: bsl.ParsedModule,
+    settings: HarvestSettings,
+    encode: Encoder,
+    line_offset: int = 0,
 ) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """All rows of one module, and counters for the summary."""
+    """All rows of one module, and counters for the summary.
+
+    ``line_offset`` is how many lines of the source file precede ``text`` (a removed licence header), so
+    that the ``lines`` of a row point into the file ``source`` names.
+    """
     stats: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
     whole_tokens = len(encode([text])[0])
@@ -527,8 +637,12 @@ def module_samples(
             continue
         row = {"text": chunk, **_meta(info, "text")}
         if len(ranges) > 1:
+            while not parsed.lines[a - 1]:  # the blank lines stripped off the chunk are not in it
+                a += 1
+            while not parsed.lines[b - 1]:
+                b -= 1
             row["region"] = _region_at(parsed, a)
-            row["lines"] = [a, b]
+            row["lines"] = [a + line_offset, b + line_offset]
         rows.append(row)
     module_language, _ = bsl.keyword_language(parsed)
     problem_lines = {p.line for p in parsed.problems}
@@ -606,7 +720,7 @@ def _completion_row(
     starts = statement_starts(code_lines, m)
     if len(starts) < settings.min_completion_lines:
         return None
-    share = 0.25 + 0.35 * _unit_hash(f"{settings.seed}:{info.path}:{m.name}:{m.header_line}")
+    share = 0.25 + 0.35 * _unit_hash(f"{settings.seed}:{info.key}:{m.name}:{m.header_line}")
     cut_line = starts[max(1, min(len(starts) - 1, round(len(starts) * share)))]  # first line of the answer
     first = m.header_line - len(m.directives)
     prefix = parsed.segment(first, cut_line - 1).strip("\n")
@@ -639,22 +753,45 @@ class HarvestResult:
     card: str = ""
 
 
+Kept = tuple[ModuleInfo, str, int]  # a module, its text after the licence header, lines removed above it
+
+
+def _read_modules(
+    src_dir: Path, paths: Sequence[Path], skipped: list[dict[str, str]], progress: bool
+) -> tuple[list[tuple[ModuleInfo, str, int]], list[dict[str, Any]]]:
+    """Every readable module as (info, text, bytes on disk), and the modules that had control characters
+    removed; appends what cannot be read to ``skipped``."""
+    modules: list[tuple[ModuleInfo, str, int]] = []
+    cleaned: list[dict[str, Any]] = []
+    for path in _progress(paths, progress, "read"):
+        source = read_source(path)
+        rel = path.relative_to(src_dir).as_posix()
+        if source.text is None:
+            skipped.append({"path": rel, "reason": source.reason})
+            continue
+        if source.removed:
+            cleaned.append({"path": rel, "characters": source.removed})
+        modules.append((classify(path, src_dir), source.text, path.stat().st_size))
+    return modules, cleaned
+
+
 def _select_modules(
     modules: Sequence[tuple[ModuleInfo, str, int]],
-    headers: Sequence[str],
+    headers: Collection[str],
     settings: HarvestSettings,
     skipped: list[dict[str, str]],
-) -> tuple[list[tuple[ModuleInfo, str]], list[dict[str, Any]], int]:
+) -> tuple[list[Kept], list[dict[str, Any]], dict[str, Any]]:
     """Licence headers stripped, empty and (near-)duplicate modules skipped. Returns the kept modules,
-    the manifest of every module and how many had a header removed; appends to `skipped`."""
-    header_hits = 0
+    the manifest of every module and what was stripped (modules, header versions); appends to `skipped`."""
     exact: dict[str, str] = {}
     near = NearDuplicateIndex(settings.near_duplicate_threshold, seed=settings.seed) if settings.dedup else None
-    kept: list[tuple[ModuleInfo, str]] = []
+    kept: list[Kept] = []
     manifest: list[dict[str, Any]] = []
+    versions: Counter[str] = Counter()
     for info, text, _size in modules:
-        stripped = strip_header(text, headers) if headers else text
-        header_hits += stripped is not text
+        stripped, offset, header = strip_header(text, headers)
+        if header:
+            versions[header] += 1
         entry: dict[str, Any] = {"path": info.path, "kind": info.kind, "layout": info.layout}
         manifest.append(entry)
         reason = ""
@@ -673,18 +810,24 @@ def _select_modules(
         if reason:
             skipped.append({"path": info.path, "reason": reason})
         else:
-            kept.append((info, stripped))
-    return kept, manifest, header_hits
+            kept.append((info, stripped, offset))
+    stripped_headers = {"modules": sum(versions.values()), "headers": sorted(versions)}
+    return kept, manifest, stripped_headers
 
 
 def validation_paths(paths: Sequence[str], settings: HarvestSettings) -> set[str]:
-    """The modules held out for validation: a seeded hash of each path, at least one and never all."""
-    if settings.validation_fraction <= 0 or len(paths) < 2:
+    """The modules held out for validation: a seeded hash of each path, at least one and never all.
+
+    ``harvest_tree`` passes ``ModuleInfo.key`` (the path from the configuration root), so the split is the
+    same whichever folder above the configuration is harvested.
+    """
+    unique = sorted(set(paths))
+    if settings.validation_fraction <= 0 or len(unique) < 2:
         return set()
-    held = {p for p in paths if in_validation(p, settings.seed, settings.validation_fraction)}
+    held = {p for p in unique if in_validation(p, settings.seed, settings.validation_fraction)}
     if not held:  # a tiny tree: still hold one module out
-        held = {min(paths, key=lambda p: _unit_hash(f"{settings.seed}:{p}"))}
-    if len(held) == len(paths):
+        held = {min(unique, key=lambda p: _unit_hash(f"{settings.seed}:{p}"))}
+    if len(held) == len(unique):
         held.discard(max(held, key=lambda p: _unit_hash(f"{settings.seed}:{p}")))
     return held
 
@@ -710,32 +853,26 @@ def harvest_tree(
     encode = encode or default_encoder()
     paths = discover(src_dir)
     skipped: list[dict[str, str]] = []
-    modules: list[tuple[ModuleInfo, str, int]] = []
-    for path in _progress(paths, progress, "read"):
-        text, reason = read_source(path)
-        rel = path.relative_to(src_dir).as_posix()
-        if text is None:
-            skipped.append({"path": rel, "reason": reason})
-            continue
-        modules.append((classify(path, src_dir), text, path.stat().st_size))
+    modules, cleaned = _read_modules(src_dir, paths, skipped, progress)
     headers = repeated_headers([t for _, t, _ in modules]) if settings.strip_license_header else []
-    kept, manifest, header_hits = _select_modules(modules, headers, settings, skipped)
-
-    val_paths = validation_paths([i.path for i, _ in kept], settings) if split else set()
+    kept, manifest, stripped_headers = _select_modules(modules, headers, settings, skipped)
+    val_keys = validation_paths([i.key for i, _, _ in kept], settings) if split else set()
 
     result = HarvestResult()
     stats: Counter[str] = Counter()
     problem_modules: list[dict[str, Any]] = []
     by_path = {e["path"]: e for e in manifest}
-    for info, text in _progress(kept, progress, "samples"):
+    for info, text, offset in _progress(kept, progress, "samples"):
         parsed = bsl.parse_module(text)
         if parsed.problems:
-            problem_modules.append({"path": info.path, "problems": [str(p) for p in parsed.problems[:5]]})
-        rows, module_stats = module_samples(info, text, parsed, settings, encode)
+            problem_modules.append(
+                {"path": info.path, "problems": [str(_shift(p, offset)) for p in parsed.problems[:5]]}
+            )
+        rows, module_stats = module_samples(info, text, parsed, settings, encode, offset)
         stats.update(module_stats)
-        target = result.validation if info.path in val_paths else result.train
-        target.extend(rows)
-        by_path[info.path]["split"] = "validation" if info.path in val_paths else "train"
+        held = info.key in val_keys
+        (result.validation if held else result.train).extend(rows)
+        by_path[info.path]["split"] = "validation" if held else "train"
         by_path[info.path]["methods"] = len(parsed.methods)
 
     removed = _drop_duplicate_rows(result)
@@ -756,19 +893,17 @@ def harvest_tree(
         "methods": stats["methods"],
         "methods_with_standard_doc": stats["methods_with_standard_doc"],
         "methods_not_self_contained": stats["methods_not_self_contained"],
-        "samples_built": {
-            "text": stats["text_samples"],
-            "doc2code": stats["doc2code_samples"],
-            "complete": stats["complete_samples"],
-        },
-        "samples_over_token_budget": {
-            "doc2code": stats["doc2code_over_budget"],
-            "complete": stats["complete_over_budget"],
-        },
+        "samples_built": {task: stats[f"{task}_samples"] for task in ("text", "doc2code", "complete")},
+        "samples_over_token_budget": {task: stats[f"{task}_over_budget"] for task in ("doc2code", "complete")},
         "duplicate_rows_removed": dict(sorted(removed.items())),
         "train": _tally(result.train),
         "validation": _tally(result.validation),
-        "license_headers_removed": {"modules": header_hits, "headers": headers},
+        "license_headers_removed": stripped_headers,
+        "control_characters_removed": {
+            "modules": len(cleaned),
+            "characters": sum(c["characters"] for c in cleaned),
+            "files": cleaned,
+        },
         "skipped_by_reason": dict(sorted(reasons.items())),
         "skipped": skipped,
         "structural_problems": problem_modules,
@@ -776,6 +911,11 @@ def harvest_tree(
     }
     result.card = dataset_card(result.summary)
     return result
+
+
+def _shift(problem: bsl.Problem, offset: int) -> bsl.Problem:
+    """A problem found in a module's text after its licence header, with the line of the source file."""
+    return bsl.Problem(problem.line + offset, problem.message)
 
 
 def _drop_duplicate_rows(result: HarvestResult) -> Counter[str]:
@@ -846,7 +986,8 @@ def dataset_card(summary: dict[str, Any]) -> str:
         "",
         "One JSON object per line. `text` is the training text; `task` says what it is:",
         "",
-        "- `text`: a whole module, or a chunk of one cut at region/method boundaries (`lines`, `region`);",
+        "- `text`: a whole module, or a chunk of one cut at region/method boundaries (`lines`: its first and",
+        "  last line in the source file; `region`);",
         "- `doc2code`: `User: <request built from the doc comment>\\n\\nAssistant: <the method>`;",
         "- `complete`: `User: <first lines of a method>\\n\\nAssistant: <the rest of it>`.",
         "",
@@ -864,7 +1005,11 @@ def dataset_card(summary: dict[str, Any]) -> str:
         f"- Exact and near-duplicate modules removed: {s['settings']['dedup']} (word 5-gram Jaccard >= "
         f"{s['settings']['near_duplicate_threshold']}).",
         f"- Token budget per text row: {s['settings']['max_tokens']}.",
-        f"- Licence header stripped from {s['license_headers_removed']['modules']} modules.",
+        f"- Licence header stripped from {s['license_headers_removed']['modules']} modules (a leading comment "
+        "block that names a licence and repeats, up to its year, in at least 1 % of the modules).",
+        f"- Modules with control characters (NUL and the like) removed: {s['control_characters_removed']['modules']}"
+        f" ({s['control_characters_removed']['characters']} characters); a file where they are more than 1 % of"
+        " the text is skipped as binary data.",
         "",
         "## Licence",
         "",
@@ -873,7 +1018,7 @@ def dataset_card(summary: dict[str, Any]) -> str:
     ]
     headers = s["license_headers_removed"]["headers"]
     if headers:
-        lines += ["", "Header removed from the modules, kept here for attribution:", ""]
+        lines += ["", "Headers removed from the modules (every version), kept here for attribution:", ""]
         for h in headers:
             lines += ["```", h, "```"]
     return "\n".join(lines) + "\n"

@@ -406,22 +406,7 @@ def setup(
     documents = loss_documents(rows, max_eval_tokens, lambda t: len(tokenizer.encode(t)))
     if not documents:
         bad.append(f"{data}: no rows with a non-empty 'text' field to measure the loss on")
-    prompts: list[Prompt] = []
-    if generation:
-        if builtin:
-            found, errs = task_prompts(builtin_tasks(), "built-in tasks")
-            prompts += found
-            bad += errs
-        if tasks is not None:
-            task_rows, errs = read_jsonl(tasks)
-            found, errs2 = task_prompts(task_rows, str(tasks))
-            prompts += found
-            bad += errs + errs2
-        prompts += completion_prompts(rows, completions, seed)
-        ids = [p.id for p in prompts]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            bad.append(f"prompt ids repeat: {', '.join(dupes[:5])}")
+    prompts = gather_prompts(rows, builtin, tasks, completions, seed, bad) if generation else []
     raise_all(bad, "bad evaluation inputs")
     dev = resolve_device(device)
     settings = {
@@ -453,6 +438,28 @@ def setup(
         seed=seed,
         settings=settings,
     )
+
+
+def gather_prompts(
+    rows: Sequence[dict[str, Any]], builtin: bool, tasks: Path | None, completions: int, seed: int, bad: list[str]
+) -> list[Prompt]:
+    """The generation prompts: built-in tasks, an extra task file, completions from the data; problems to `bad`."""
+    prompts: list[Prompt] = []
+    if builtin:
+        found, errs = task_prompts(builtin_tasks(), "built-in tasks")
+        prompts += found
+        bad += errs
+    if tasks is not None:
+        task_rows, errs = read_jsonl(tasks)
+        found, errs2 = task_prompts(task_rows, str(tasks))
+        prompts += found
+        bad += errs + errs2
+    prompts += completion_prompts(rows, completions, seed)
+    ids = [p.id for p in prompts]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        bad.append(f"prompt ids repeat: {', '.join(dupes[:5])}")
+    return prompts
 
 
 def run(plan: EvalPlan) -> dict[str, Any]:

@@ -167,6 +167,8 @@ def main() -> int:
     ap.add_argument("--prefill", nargs="+", type=int, default=[1024, 4096])
     ap.add_argument("--steps", type=int, default=128, help="tokens generated per sequence in the decode runs")
     ap.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16")
+    ap.add_argument("--quants", nargs="+", default=["none"], choices=["none", "int8", "nf4"], help="QUANT of each row")
+    ap.add_argument("--quant-head", action="store_true", help="quantise the head too (QUANT_HEAD)")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check")
     ap.add_argument("--out", type=Path, default=Path("bench/results/decode.json"))
     args = ap.parse_args()
@@ -192,11 +194,16 @@ def main() -> int:
             result["check"] = {"error": f"{type(exc).__name__}: {exc}"}
         print("check (0.1b, fp32)", result["check"], file=sys.stderr, flush=True)
         torch.cuda.empty_cache()
-    for size in args.sizes:
+    for size, quant in ((s, q) for s in args.sizes for q in args.quants):
+        from rwkv1c.model.quant import quantize_for_inference
+
         t_build = time.perf_counter()
         model = random_model(size, dtype)
         params = sum(p.numel() for p in model.parameters())
-        row: dict[str, Any] = {"parameters": params, "decode": {}, "prefill": {}}
+        quantize_for_inference(model, quant, device="cuda", compute_dtype=dtype, head=args.quant_head)  # type: ignore[arg-type]
+        torch.cuda.empty_cache()  # the fp16 matrices the quantised ones replaced
+        row: dict[str, Any] = {"parameters": params, "quant": quant, "decode": {}, "prefill": {}}
+        row["weights_gib"] = torch.cuda.memory_allocated() / 2**30
         engine = Engine(model, tok, max_batch=max(args.batches), prefix_cache_mb=0)
         row["build_s"] = time.perf_counter() - t_build
         for b in args.batches:
@@ -209,15 +216,15 @@ def main() -> int:
                 engine.abort_all()
             d["wall_s"] = time.perf_counter() - t0
             row["decode"][str(b)] = d
-            print(f"{size} decode b={b}: {d}", file=sys.stderr, flush=True)
+            print(f"{size} {quant} decode b={b}: {d}", file=sys.stderr, flush=True)
         for T in args.prefill:
             try:
                 p = bench_prefill(engine, T)
             except Exception as exc:
                 p = {"error": f"{type(exc).__name__}: {exc}"}
             row["prefill"][str(T)] = p
-            print(f"{size} prefill T={T}: {p}", file=sys.stderr, flush=True)
-        result["sizes"][size] = row
+            print(f"{size} {quant} prefill T={T}: {p}", file=sys.stderr, flush=True)
+        result["sizes"][size if quant == "none" else f"{size}-{quant}"] = row
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))  # after every size: a timeout keeps what was measured
         del engine, model

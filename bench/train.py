@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 from rwkv1c.config import TrainConfig, from_mapping, load_preset, load_profile
+from rwkv1c.data.packing import Batch
 from rwkv1c.model.config import ModelConfig
-from rwkv1c.model.lora import param_groups
 from rwkv1c.model.rwkv7 import RWKV7
-from rwkv1c.train.build import build_model
+from rwkv1c.train.build import build_model, param_groups
 from rwkv1c.train.loss import build_loss_module
+from rwkv1c.train.step import StepRunner, use_cuda_graphs
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "4090": 165.2, "L40S": 362.0}
 PROFILES = ("lora-bf16", "qlora-nf4", "qlora-int8")  # configs/profile/*.env: quantisation, checkpointing
@@ -73,16 +74,20 @@ def random_model(n_layer: int, n_embd: int, device: str) -> RWKV7:
     return model.to(torch.bfloat16)
 
 
-def packed_batch(mb: int, ctx: int, device: str, doc_len: int = 900) -> list[torch.Tensor]:
+def packed_batch(mb: int, ctx: int, doc_len: int = 900) -> Batch:
     """Random tokens in documents of ~doc_len tokens (resets where they start), every target trained."""
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(1, 65536, (mb, ctx), generator=g)
-    reset = torch.zeros(mb, ctx, dtype=torch.bool)
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    reset = np.zeros((mb, ctx), dtype=bool)
     reset[:, 0] = True
     reset[:, doc_len::doc_len] = True
-    targets = torch.randint(1, 65536, (mb, ctx), generator=g)
-    weight = torch.ones(mb, ctx)
-    return [t.to(device) for t in (tokens, reset, targets, weight)]
+    return Batch(
+        tokens=rng.integers(1, 65536, (mb, ctx)).astype(np.int64),
+        reset=reset,
+        targets=rng.integers(1, 65536, (mb, ctx)).astype(np.int64),
+        weight=np.ones((mb, ctx), dtype=np.float32),
+    )
 
 
 def run_one(
@@ -97,10 +102,13 @@ def run_one(
     trace: bool = False,
     packed: bool = True,
     compile_setting: str = "auto",
+    graphs: str = "auto",
 ) -> dict[str, Any]:
+    """One configuration as `rwkv1c train` runs it: build_model, the chunked loss, the step runner (CUDA graph
+    or eager), fused AdamW. Timed over `steps` steps queued back to back (one sync at the end)."""
     cfg = dataclasses.replace(
         load_train_profile(profile), lora_r=lora_r, lora_alpha=2 * lora_r, grad_ckpt=grad_ckpt,
-        compile=compile_setting, seed=0,
+        compile=compile_setting, cuda_graphs=graphs, seed=0,
     )  # fmt: skip
     p = load_preset(preset)
     gc.collect()  # the previous configuration's model holds reference cycles (peft layers)
@@ -111,41 +119,35 @@ def run_one(
     model = random_model(p.n_layer, p.n_embd, "cuda")
     n_nonemb = sum(t.numel() for n, t in model.named_parameters() if n != "emb.weight")
     model, _ = build_model(model, cfg, "cuda")  # what `rwkv1c train` builds: quantisation, LoRA, COMPILE
-    compile_blocks = model.compile_blocks
-    loss_module = build_loss_module(model, grad_ckpt)
-    optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4, betas=(0.9, 0.99))
+    loss_module = build_loss_module(model, grad_ckpt, keep_rng=False)
     trainable = [t for t in model.parameters() if t.requires_grad]
-    batch = packed_batch(mb, ctx, "cuda")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=1e-4, betas=(0.9, 0.99), fused=True)
+    use = use_cuda_graphs(cfg.cuda_graphs, "cuda", 1, cfg.quant, 0.0)
+    notes: list[str] = []
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    runner = StepRunner(loss_module, trainable, "cuda", autocast, graphs=use, note=notes.append)
+    batch = packed_batch(mb, ctx)
     if not packed:
-        batch[1] = None  # type: ignore[call-overload]
+        batch.reset[:] = False
+        batch.reset[:, 0] = True
+
+    def step() -> torch.Tensor:
+        loss = runner(batch, 1.0 / (mb * ctx))
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=not runner.captured)
+        return loss
+
+    for _ in range(warmup):
+        loss = step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(warmup + steps):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_module(*batch) / (mb * ctx)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    if trace:
-        from torch.profiler import ProfilerActivity, profile
-
-        phases = phase_times(loss_module, batch, optimizer, trainable, mb * ctx)
-        print(json.dumps({"phase_s": phases}), file=sys.stderr)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = loss_module(*batch) / (mb * ctx)
-            loss.backward()
-            torch.cuda.synchronize()
-        for key in ("self_cuda_time_total", "self_cpu_time_total"):
-            print(prof.key_averages().table(sort_by=key, row_limit=40), file=sys.stderr)
-    step_s = sorted(times)[len(times) // 2]
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    torch.cuda.synchronize()
+    step_s = (time.perf_counter() - t0) / steps
+    busy = gpu_busy(step, 3) if trace else None
     tokens_per_s = mb * ctx / step_s
     _, peak_tflops = card_peak_tflops()
     mfu = 4 * n_nonemb * tokens_per_s / (peak_tflops * 1e12) if peak_tflops else None
@@ -156,52 +158,44 @@ def run_one(
         "micro_bsz": mb,
         "grad_ckpt": grad_ckpt,
         "lora_r": lora_r,
-        "compile": compile_blocks,
+        "compile": model.compile_blocks,
+        "cuda_graphs": runner.captured,
         "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
         "tokens_per_s": round(tokens_per_s, 1),
         "mfu": None if mfu is None else round(mfu, 4),
         "step_s": round(step_s, 4),
-        "loss": round(loss.item(), 4),
+        "loss": round(float(loss) * mb * ctx / max(mb * ctx, 1), 4),
         "non_embedding_params": n_nonemb,
+        **({"gpu_busy": busy} if busy else {}),
+        **({"notes": notes} if notes else {}),
     }
-    del model, loss_module, optimizer, trainable, batch, loss
-    gc.collect()
-    torch.cuda.empty_cache()
-    return row
+    return row  # the model, optimizer and graph go with this frame; the next row collects them first
 
 
-def phase_times(
-    loss_module: torch.nn.Module,
-    batch: list[torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    trainable: list[torch.Tensor],
-    tokens: int,
-) -> dict[str, float]:
-    """Wall time of each phase of one step, and how long the host takes to queue forward and backward.
+def gpu_busy(step: Any, n: int) -> dict[str, Any]:
+    """The profiler's kernel time (self CUDA) over the wall time of `n` steps, and the top kernels: how much
+    of a step the GPU works, and where the rest goes."""
+    from torch.profiler import ProfilerActivity, profile
 
-    When the queueing time is close to the synchronised time, the step is bound by the host (Python,
-    kernel launches, device-to-host syncs), not by the GPU.
-    """
-    out: dict[str, float] = {}
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = loss_module(*batch) / tokens
-    out["forward_queue"] = time.perf_counter() - t0
-    torch.cuda.synchronize()
-    out["forward"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    loss.backward()
-    out["backward_queue"] = time.perf_counter() - t0
-    torch.cuda.synchronize()
-    out["backward"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    torch.cuda.synchronize()
-    out["optimizer"] = time.perf_counter() - t0
-    return {k: round(v, 4) for k, v in out.items()}
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    top = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:12]
+    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25)
+    print(table, file=sys.stderr)
+    return {
+        "wall_ms_per_step": round(wall * 1e3 / n, 2),
+        "kernel_ms_per_step": round(kernel_us / 1e3 / n, 2),
+        "busy": round(kernel_us / 1e6 / wall, 3),
+        "launches_per_step": round(sum(e.count for e in events if e.key.startswith(("cudaLaunch", "cuLaunch"))) / n),
+        "top_kernels_ms": {e.key[:80]: round(e.self_device_time_total / 1e3 / n, 3) for e in top},
+    }
 
 
 def grid(args: argparse.Namespace) -> list[tuple[str, str, int, int, bool]]:
@@ -285,6 +279,10 @@ def main() -> int:
     parser.add_argument(
         "--compile", choices=["auto", "on", "off"], default="auto", help="COMPILE as in training (auto: on, not int8)"
     )
+    parser.add_argument(
+        "--graphs", choices=["auto", "on", "off"], default="auto", help="CUDA_GRAPHS as in training (auto: not int8)"
+    )
+    parser.add_argument("--busy", action="store_true", help="profile every row: GPU kernel time over wall time")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--lora-r", type=int, default=32)
@@ -316,17 +314,20 @@ def main() -> int:
             True,
             not args.unpacked,
             args.compile,
+            args.graphs,
         )
         print(json.dumps(row))
         return 0
     results: list[dict[str, Any]] = []
     for preset, profile, ctx, mb, ckpt in grid(args):
-        where = {"preset": preset, "profile": profile, "ctx_len": ctx, "micro_bsz": mb, "grad_ckpt": ckpt}
+        where = {"preset": preset, "profile": profile, "ctx_len": ctx, "micro_bsz": mb, "grad_ckpt": ckpt,
+                 "graphs": args.graphs}  # fmt: skip
         try:
             packed = not args.unpacked
             row = run_one(
-                preset, profile, ctx, mb, ckpt, args.steps, args.warmup, args.lora_r, False, packed, args.compile
-            )
+                preset, profile, ctx, mb, ckpt, args.steps, args.warmup, args.lora_r, args.busy, packed, args.compile,
+                args.graphs,
+            )  # fmt: skip
         except torch.cuda.OutOfMemoryError:
             row = {**where, "error": "out of memory"}
             torch.cuda.empty_cache()

@@ -3,7 +3,10 @@ decoding through the fused kernels and CUDA graphs as they do eagerly.
 
 Tolerances: the kernel and its reference both multiply fp16 inputs with fp32 accumulation; they differ
 in summation order only (a few 1e-3 relative at K = 4096). The graph-replayed Triton decode step against
-the plain PyTorch step of the same quantised model: fp16 activations, 5e-3 of the logits' scale.
+the plain PyTorch step of the same quantised model: both round fp16 activations at different points (fused
+kernels against op by op, and the int8 kernel scales after the fp32 sum where the plain path rounds the
+dequantised weight to fp16 first); measured 1.5e-2 of the logits' scale on an H200, so 3e-2 (a wrong
+kernel is off by O(1)).
 """
 
 from __future__ import annotations
@@ -71,4 +74,4 @@ def test_quantised_decode_with_graphs_equals_the_plain_step(tmp_path: Path, quan
         tokens = torch.randint(1, 1024, (4,), generator=g).cuda()
         a = fast(tokens, states[0], 3).clone()
         b = plain(tokens, states[1], 3)
-        assert ((a - b).abs().max() / b.std()).item() < 5e-3
+        assert ((a - b).abs().max() / b.std()).item() < 3e-2

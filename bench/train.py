@@ -118,11 +118,11 @@ def run_one(
     torch._dynamo.reset()
     model = random_model(p.n_layer, p.n_embd, "cuda")
     n_nonemb = sum(t.numel() for n, t in model.named_parameters() if n != "emb.weight")
-    model, _ = build_model(model, cfg, "cuda")  # what `rwkv1c train` builds: quantisation, LoRA, COMPILE
+    use = use_cuda_graphs(cfg.cuda_graphs, "cuda", 1, cfg.quant, 0.0)
+    model, _ = build_model(model, cfg, "cuda", graphs=use)  # as `rwkv1c train` builds it: quantisation, LoRA, COMPILE
     loss_module = build_loss_module(model, grad_ckpt, keep_rng=False)
     trainable = [t for t in model.parameters() if t.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=1e-4, betas=(0.9, 0.99), fused=True)
-    use = use_cuda_graphs(cfg.cuda_graphs, "cuda", 1, cfg.quant, 0.0)
     notes: list[str] = []
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     runner = StepRunner(loss_module, trainable, "cuda", autocast, graphs=use, note=notes.append)

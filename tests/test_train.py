@@ -88,19 +88,21 @@ def test_compile_setting(assets: dict[str, Path], setting: str, compiled: bool) 
 
 
 @pytest.mark.parametrize(
-    ("setting", "device", "quant", "compiled"),
+    ("setting", "device", "quant", "graphs", "compiled"),
     [
-        ("auto", "cuda", "none", True),
-        ("auto", "cuda", "nf4", True),
-        ("auto", "cuda", "int8", False),  # int8 quantisation breaks the graph at every layer
-        ("auto", "cpu", "none", False),
-        ("on", "cuda", "int8", True),
-        ("on", "cpu", "none", True),
-        ("off", "cuda", "none", False),
+        ("auto", "cuda", "none", False, True),  # several GPUs or CUDA_GRAPHS=off: compiling cuts host time
+        ("auto", "cuda", "nf4", False, True),
+        ("auto", "cuda", "none", True, False),  # a replayed step has no host time left to cut
+        ("auto", "cuda", "int8", False, False),  # int8 quantisation breaks the graph at every layer
+        ("auto", "cpu", "none", False, False),
+        ("on", "cuda", "int8", False, True),
+        ("on", "cuda", "none", True, True),
+        ("on", "cpu", "none", False, True),
+        ("off", "cuda", "none", False, False),
     ],
 )
-def test_compile_auto_rule(setting: str, device: str, quant: str, compiled: bool) -> None:
-    assert compile_blocks_for(setting, device, quant) is compiled
+def test_compile_auto_rule(setting: str, device: str, quant: str, graphs: bool, compiled: bool) -> None:
+    assert compile_blocks_for(setting, device, quant, graphs) is compiled
 
 
 def test_compile_setting_refuses_other_values(assets: dict[str, Path]) -> None:

@@ -44,21 +44,23 @@ def load_base(path: Path, precision: Precision, *, full: bool = False) -> RWKV7:
     return RWKV7.from_pth(path, device="cpu", dtype=torch.float32 if full else base_dtype(precision))
 
 
-def compile_blocks_for(setting: str, device: str, quant: str) -> bool:
-    """Whether COMPILE=`setting` sends the blocks through torch.compile: `auto` does on a GPU, except with
-    int8 layers, whose quantisation has data-dependent shapes: the graph breaks at every layer, and the
-    compile of those fragments (minutes on the first step, again when validation flips grad mode) costs
-    more than the fusion saves."""
+def compile_blocks_for(setting: str, device: str, quant: str, graphs: bool = False) -> bool:
+    """Whether COMPILE=`setting` sends the blocks through torch.compile. `auto` does on a GPU where the
+    step is not replayed from a CUDA graph (several GPUs, CUDA_GRAPHS=off): there it cuts the host time of
+    dozens of small ops per layer; a replayed step has no host time left to cut, and compiling costs
+    minutes at the start of every run. Never with int8 layers, whose quantisation has data-dependent
+    shapes: the graph breaks at every layer, and the compile of those fragments (minutes on the first step,
+    again when validation flips grad mode) costs more than the fusion saves."""
     if setting == "auto":
-        return device == "cuda" and quant != "int8"
+        return device == "cuda" and quant != "int8" and not graphs
     return setting == "on"
 
 
-def build_model(model: RWKV7, cfg: TrainConfig, device: Any) -> tuple[RWKV7, list[str]]:
+def build_model(model: RWKV7, cfg: TrainConfig, device: Any, *, graphs: bool = False) -> tuple[RWKV7, list[str]]:
     """Quantise the block linears as QUANT says, move to `device`, add LoRA (seeded: the same initial
     adapter on every rank and every resume), set the compile flag. Returns the model in train mode and
     the checkpoint keys of the extra parameter groups that train whole. METHOD=full trains every
-    parameter instead (no LoRA, no quantisation)."""
+    parameter instead (no LoRA, no quantisation). `graphs`: the step will be replayed from a CUDA graph."""
     import torch
 
     from rwkv1c.model.lora import add_lora
@@ -68,7 +70,7 @@ def build_model(model: RWKV7, cfg: TrainConfig, device: Any) -> tuple[RWKV7, lis
         model.to(device)
         for p in model.parameters():
             p.requires_grad_(True)
-        model.compile_blocks = compile_blocks_for(cfg.compile, torch.device(device).type, "none")
+        model.compile_blocks = compile_blocks_for(cfg.compile, torch.device(device).type, "none", graphs)
         return model.train(), []
     quantize_block_linears(model, cfg.quant, device=device, compute_dtype=model.emb.weight.dtype)
     model.to(device)
@@ -81,7 +83,7 @@ def build_model(model: RWKV7, cfg: TrainConfig, device: Any) -> tuple[RWKV7, lis
         targets=cfg.lora_targets,
         extra=cfg.train_extra,
     )
-    model.compile_blocks = compile_blocks_for(cfg.compile, torch.device(device).type, cfg.quant)
+    model.compile_blocks = compile_blocks_for(cfg.compile, torch.device(device).type, cfg.quant, graphs)
     return model.train(), extra
 
 

@@ -217,7 +217,9 @@ def open_run(spec: RunSpec, dist: DistInfo, log: RunLog) -> Run:
     val_windows = validation_windows(val_docs, cfg.ctx_len, cfg.val_max_windows) if val_docs else []
 
     base_sha = file_sha256(spec.model) if dist.is_main else ""
-    model, extra_keys = build_model(load_base(spec.model, precision, full=cfg.method == "full"), cfg, dist.device)
+    graphs = use_cuda_graphs(cfg.cuda_graphs, spec.device, dist.world, cfg.quant, cfg.lora_dropout)
+    base = load_base(spec.model, precision, full=cfg.method == "full")
+    model, extra_keys = build_model(base, cfg, dist.device, graphs=graphs)
     from rwkv1c.train.loss import build_loss_module
 
     loss_module = build_loss_module(model, cfg.grad_ckpt, keep_rng=cfg.lora_dropout > 0)
@@ -231,7 +233,6 @@ def open_run(spec: RunSpec, dist: DistInfo, log: RunLog) -> Run:
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8,
                                   fused=spec.device == "cuda")  # fmt: skip
     trainable = [p for p in model.parameters() if p.requires_grad]
-    graphs = use_cuda_graphs(cfg.cuda_graphs, spec.device, dist.world, cfg.quant, cfg.lora_dropout)
     runner = StepRunner(train_module, trainable, dist.device, autocast, graphs=graphs, note=log.info)
     run = Run(
         spec=spec, dist=dist, log=log, precision=precision, autocast=autocast, train_docs=train_docs,

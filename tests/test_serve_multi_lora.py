@@ -23,21 +23,32 @@ PROMPTS = ["Процедура Тест()", "Функция Сумма(А, Б)",
 def make_adapter(
     folder: Path, base: Path, *, r: int, alpha: float, targets: Sequence[str], seed: int, extra: Sequence[str] = ()
 ) -> Path:
-    """A LoRA adapter with random non-zero A and B, so that it changes the model (and differs from others)."""
+    """A LoRA adapter with random non-zero A and B, so that it changes the model (and differs from others);
+    `extra` groups get a trained copy of block 0's ln1 (enough to be refused)."""
     from rwkv1c.fsutil import sha256_file
     from rwkv1c.model.adapter import adapter_config, save_adapter
-    from rwkv1c.model.lora import adapter_tensors, add_lora
+    from rwkv1c.model.config import ModelConfig
+    from rwkv1c.model.rwkv7 import load_checkpoint
 
-    model = RWKV7.from_pth(base, dtype=torch.float32)
-    keys = add_lora(model, r=r, alpha=alpha, targets=list(targets), extra=list(extra))
+    config = ModelConfig.from_state_dict(load_checkpoint(base))
+    C, F = config.n_embd, config.dim_ffn
+    sizes = {"att.receptance": (C, C), "att.key": (C, C), "att.value": (C, C), "att.output": (C, C),
+             "ffn.key": (C, F), "ffn.value": (F, C)}  # (in, out)  # fmt: skip
     g = torch.Generator().manual_seed(seed)
-    tensors = {k: torch.randn(v.shape, generator=g) * 0.4 + (1 if k in keys else 0) for k, v in
-               adapter_tensors(model, keys).items()}  # fmt: skip
-    config = adapter_config(
-        base_path=base, base_sha256=sha256_file(base), model_config=model.config, quant="none", r=r, alpha=alpha,
+    tensors = {}
+    for i in range(config.n_layer):
+        for t in targets:
+            n_in, n_out = sizes[t]
+            tensors[f"blocks.{i}.{t}.lora_A"] = torch.randn(r, n_in, generator=g) * 0.4
+            tensors[f"blocks.{i}.{t}.lora_B"] = torch.randn(n_out, r, generator=g) * 0.4
+    keys = ["blocks.0.ln1.weight"] if extra else []
+    for k in keys:
+        tensors[k] = 1 + 0.4 * torch.randn(C, generator=g)
+    cfg = adapter_config(
+        base_path=base, base_sha256=sha256_file(base), model_config=config, quant="none", r=r, alpha=alpha,
         dropout=0.0, targets=list(targets), extra_groups=list(extra), extra_keys=keys, training={}, step=1,
     )  # fmt: skip
-    save_adapter(folder, tensors, config)
+    save_adapter(folder, tensors, cfg)
     return folder
 
 

@@ -6,13 +6,14 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rwkv1c.errors import UserError, raise_all
 from rwkv1c.model.loader import Device, DType
 
 if TYPE_CHECKING:
-    from rwkv1c.infer.server import Server
+    from rwkv1c.infer.api import Limits
+    from rwkv1c.infer.server import Server, ServerSettings
 
 
 def serve(
@@ -81,10 +82,14 @@ def serve(
             problems.append(f"{flag} must be > 0 seconds, got {seconds}")
     single, named = adapter_setup(model, adapter or [], model_name, problems)
     raise_all(problems, "cannot start the server")
-    server = setup(model, single, named, host=host, port=port, api_key=api_key, model_name=model_name,
-                   max_batch=max_batch, max_tokens=max_tokens, max_tokens_cap=max_tokens_cap,
-                   max_prompt_tokens=max_prompt_tokens, max_queue=max_queue, request_timeout=request_timeout,
-                   keep_alive=keep_alive, shutdown_timeout=shutdown_timeout, device=device, dtype=dtype)  # fmt: skip
+    from rwkv1c.infer.api import Limits
+    from rwkv1c.infer.server import ServerSettings
+
+    limits = Limits(max_prompt_tokens=max_prompt_tokens, default_max_tokens=max_tokens, max_tokens_cap=max_tokens_cap)
+    settings = ServerSettings(api_key=api_key, max_queue=max_queue, request_timeout=request_timeout,
+                              keep_alive=keep_alive, shutdown_timeout=shutdown_timeout)  # fmt: skip
+    server = setup(model, single, named, model_name=model_name, host=host, port=port, max_batch=max_batch,
+                   device=device, dtype=dtype, limits=limits, settings=settings)  # fmt: skip
     return run(server, host, api_key)
 
 
@@ -107,24 +112,24 @@ def adapter_setup(
     return None, named
 
 
-def setup(model: Path, single: Path | None, named: list[tuple[str, Path]], **kw: Any) -> Server:
+def setup(
+    model: Path, single: Path | None, named: list[tuple[str, Path]], *, model_name: str | None, host: str, port: int,
+    max_batch: int, device: Device, dtype: DType, limits: Limits, settings: ServerSettings,
+) -> Server:  # fmt: skip
     """Load the engine and bind the port (both report problems as UserError)."""
     from rwkv1c.infer.engine import describe, load_engine
-    from rwkv1c.infer.server import Server, ServerSettings, model_name_for
+    from rwkv1c.infer.server import Server, model_name_for
 
-    engine = load_engine(model, single, adapters=named, device=kw["device"], dtype=kw["dtype"],
-                         max_batch=kw["max_batch"])  # fmt: skip
+    engine = load_engine(model, single, adapters=named, device=device, dtype=dtype, max_batch=max_batch)
     print(describe(engine), file=sys.stderr)
-    name = kw["model_name"] or model_name_for(model, single)
-    aliases = [] if kw["model_name"] or single else [Path(model).stem]
-    settings = ServerSettings(max_queue=kw["max_queue"], request_timeout=kw["request_timeout"],
-                              keep_alive=kw["keep_alive"], shutdown_timeout=kw["shutdown_timeout"])  # fmt: skip
+    name = model_name or model_name_for(model, single)
+    aliases = [] if model_name or single else [Path(model).stem]  # runs/NAME/merged.pth also answers "merged"
     try:
-        return Server(engine, name, host=kw["host"], port=kw["port"], api_key=kw["api_key"],
-                      max_prompt_tokens=kw["max_prompt_tokens"], default_max_tokens=kw["max_tokens"],
-                      max_tokens_cap=kw["max_tokens_cap"], aliases=aliases, settings=settings)  # fmt: skip
+        return Server(engine, name, host=host, port=port, max_prompt_tokens=limits.max_prompt_tokens,
+                      default_max_tokens=limits.default_max_tokens, max_tokens_cap=limits.max_tokens_cap,
+                      aliases=aliases, settings=settings)  # fmt: skip
     except OSError as exc:
-        raise UserError(f"cannot listen on {kw['host']}:{kw['port']}: {exc.strerror or exc}",
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                         hint="pick another --port, or stop the program that uses it") from None  # fmt: skip
 
 

@@ -261,3 +261,15 @@ def test_an_engine_failure_fails_its_requests_and_the_server_goes_on(model: RWKV
         assert c.completions.create(model=NAME, prompt="Процедура", max_tokens=3, temperature=0).choices[0].text
     finally:
         srv.stop()
+
+
+def test_serve_reports_every_bad_setting_at_once(tiny_pth: Path) -> None:
+    from rwkv1c.commands.serve import serve
+    from rwkv1c.errors import UserError
+
+    with pytest.raises(UserError) as exc:
+        serve(model=tiny_pth, port=70000, max_tokens=300, max_tokens_cap=200, max_queue=-1, request_timeout=0,
+              adapter=["a=x", "a=y"])  # fmt: skip
+    text = str(exc.value)
+    for part in ("--port", "above --max-tokens-cap", "--max-queue", "--request-timeout", "answer to a"):
+        assert part in text, part

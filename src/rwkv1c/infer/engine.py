@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     import torch
 
+    from rwkv1c.infer.multi_lora import AdapterRows
     from rwkv1c.model.rwkv7 import RWKV7, RWKVState
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -121,8 +122,11 @@ class TextTracker:
 
 @dataclass(eq=False)
 class Request:
-    """A sequence to generate. `on_text(delta)` streams text; `on_finish(completion)` ends it; a host that
-    drives the engine calls `on_error(message)` when a failure aborts it (the engine itself never does)."""
+    """A sequence to generate. `on_text(delta)` streams text; `on_finish(completion)` ends it (once, also when
+    it was cancelled: reason "cancelled"); a host that drives the engine calls `on_error(message)` when a
+    failure aborts it (the engine itself never does). Setting `cancelled` from any thread drops the request
+    at the engine's next step. `adapter` picks one of the engine's adapters (0: the base; see
+    `Engine.adapter_names`)."""
 
     prompt_ids: list[int]
     params: SamplingParams
@@ -130,6 +134,7 @@ class Request:
     start_logits: torch.Tensor | None = None  # (V,) with start_state and no prompt: sample from these at once
     want_state: bool = False
     cache_at: tuple[int, ...] = ()  # prompt positions whose states are worth caching (e.g. after a system prompt)
+    adapter: int = 0
     on_text: Callable[[str], None] | None = None
     on_finish: Callable[[Completion], None] | None = None
     on_error: Callable[[str], None] | None = None
@@ -143,11 +148,12 @@ class Request:
 
 
 class PrefixCache:
-    """LRU map from prompt-token prefixes to (1-row state, logits of the last position), within a byte budget."""
+    """LRU map from (adapter, prompt-token prefix) to (1-row state, logits of the last position), within a
+    byte budget. A state depends on the adapter that read the prompt, so each adapter has its own prefixes."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.entries: collections.OrderedDict[tuple[int, ...], tuple[RWKVState, torch.Tensor]] = (
+        self.entries: collections.OrderedDict[tuple[int, tuple[int, ...]], tuple[RWKVState, torch.Tensor]] = (
             collections.OrderedDict()
         )
         self.bytes = 0
@@ -156,21 +162,27 @@ class PrefixCache:
     def _size(state: RWKVState, logits: torch.Tensor) -> int:
         return sum(t.numel() * t.element_size() for t in (state.att_shift, state.ffn_shift, state.wkv, logits))
 
-    def lookup(self, ids: Sequence[int]) -> tuple[int, RWKVState | None, torch.Tensor | None]:
+    def lookup(self, ids: Sequence[int], adapter: int = 0) -> tuple[int, RWKVState | None, torch.Tensor | None]:
         """The longest cached prefix of `ids`: (its length, state, logits), or (0, None, None)."""
-        best: tuple[int, ...] | None = None
+        best: tuple[int, tuple[int, ...]] | None = None
         for key in self.entries:
-            if len(key) <= len(ids) and (best is None or len(key) > len(best)) and tuple(ids[: len(key)]) == key:
+            a, prefix = key
+            if (
+                a == adapter
+                and len(prefix) <= len(ids)
+                and (best is None or len(prefix) > len(best[1]))
+                and tuple(ids[: len(prefix)]) == prefix
+            ):
                 best = key
         if best is None:
             return 0, None, None
         self.entries.move_to_end(best)
         state, logits = self.entries[best]
-        return len(best), state, logits
+        return len(best[1]), state, logits
 
-    def put(self, ids: Sequence[int], state: RWKVState, logits: torch.Tensor) -> None:
-        key = tuple(ids)
-        if not key or key in self.entries:
+    def put(self, ids: Sequence[int], state: RWKVState, logits: torch.Tensor, adapter: int = 0) -> None:
+        key = (adapter, tuple(ids))
+        if not key[1] or key in self.entries:
             return
         size = self._size(state, logits)
         if size > self.max_bytes:
@@ -189,6 +201,8 @@ class Engine:
     prefix_cache_mb: memory for cached prompt-prefix states (0 = off).
     prefill_tokens: the most tokens (rows x length) one prefill call processes.
     kernels / cuda_graphs: see `fast_decode.FastDecoder`.
+    adapters: the `multi_lora.AdapterRows` of several adapters attached to `model` (`attach_adapters`),
+        so that each request's `adapter` picks one; None: the model as it is.
     """
 
     def __init__(
@@ -201,6 +215,7 @@ class Engine:
         prefill_tokens: int | None = None,
         kernels: Literal["auto", "torch", "triton"] = "auto",
         cuda_graphs: bool | None = None,
+        adapters: AdapterRows | None = None,
     ) -> None:
         import torch
 
@@ -216,6 +231,9 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self.capacity = max_batch
         self.prefill_tokens = prefill_tokens or prefill_budget(model.config.n_embd, self.device.type)
+        self.adapters = adapters
+        if adapters is not None:
+            adapters.bind(max_batch)  # before the decoder captures graphs over its buffer
         self.decoder = FastDecoder(model, kernels=kernels, cuda_graphs=cuda_graphs)
         self.slots = RWKVState.zeros(model.config, max_batch, self.device, self.dtype)
         self.logits = torch.zeros(max_batch, self.vocab_size, device=self.device)
@@ -224,12 +242,18 @@ class Engine:
         self.cache = PrefixCache(int(prefix_cache_mb * 2**20))
         self._penalties: Any = None
         self._row_params: tuple[torch.Tensor, ...] | None = None
+        self._row_adapters: torch.Tensor | None = None
         self._next: torch.Tensor | None = None  # tokens to feed rows 0..n-1 (None: rows were just admitted)
 
     # ------------------------------------------------------------------ public API
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text))
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """Names of the attached adapters: `Request.adapter` i > 0 is adapter_names[i - 1]."""
+        return [] if self.adapters is None else list(self.adapters.names)
 
     def submit(self, request: Request) -> Request:
         """Queue a request; it joins the batch at the next step."""
@@ -238,6 +262,8 @@ class Engine:
             problems.append(f"prompt token ids must be in 0..{self.vocab_size - 1}")
         if not request.prompt_ids and (request.start_state is None or request.start_logits is None):
             problems.append("the prompt is empty")
+        if not 0 <= request.adapter <= len(self.adapter_names):
+            problems.append(f"adapter must be in 0..{len(self.adapter_names)}, got {request.adapter}")
         if problems:
             raise UserError("bad generation request: " + "; ".join(problems))
         request.rng = new_rng(request.params.seed)
@@ -295,26 +321,29 @@ class Engine:
         self.rows, self.waiting = [], collections.deque()
         self._next = None
         self._row_params = None
+        self._row_adapters = None
         return dropped
 
     def run_until_done(self) -> None:
         while self.busy:
             self.step()
 
-    def prefill(self, ids: Sequence[int], state: RWKVState | None = None) -> tuple[RWKVState, torch.Tensor]:
+    def prefill(
+        self, ids: Sequence[int], state: RWKVState | None = None, *, adapter: int = 0
+    ) -> tuple[RWKVState, torch.Tensor]:
         """The (1-row) state after `ids` from `state` (zeros when None), and the last position's logits (V,)."""
         import torch
 
         ids = list(ids)
         if state is None:
-            hit, cached, logits = self.cache.lookup(ids)
+            hit, cached, logits = self.cache.lookup(ids, adapter)
             if hit == len(ids) and cached is not None and logits is not None:
                 return cached.clone(), logits.clone()
             if hit:
                 state, ids = cached, ids[hit:]
         assert ids, "nothing to prefill"
         with torch.inference_mode():  # the model never writes into `state` (a cached one stays intact)
-            st, logits = self._run(torch.tensor([ids], device=self.device), state)
+            st, logits = self._run(torch.tensor([ids], device=self.device), state, adapters=[adapter])
         return st, logits[0]
 
     def share_prefix(self, prompts: Sequence[Sequence[int]]) -> int:
@@ -343,6 +372,8 @@ class Engine:
             self._drop_cancelled()
             if self._next is not None:  # run last step's tokens through the model (rows 0..n-1)
                 n = len(self.rows)
+                if self.adapters is not None:
+                    self.adapters.for_decode(self._adapter_ids())
                 self.logits[:n].copy_(self.decoder(self._next, self.slots, n))
                 self._next = None
             self._admit()
@@ -352,7 +383,11 @@ class Engine:
             self._advance(tokens)
 
     def _drop_cancelled(self) -> None:
-        self.waiting = collections.deque(r for r in self.waiting if not r.cancelled)
+        if any(r.cancelled for r in self.waiting):
+            for r in self.waiting:
+                if r.cancelled:
+                    self._finish(r, "cancelled", None)
+            self.waiting = collections.deque(r for r in self.waiting if not r.cancelled)
         gone = [i for i, r in enumerate(self.rows) if r.cancelled]
         if gone:
             for i in gone:
@@ -438,6 +473,7 @@ class Engine:
             keep = torch.tensor(order, dtype=torch.long, device=next_tokens.device)
             self._next = next_tokens[keep] if order else None  # no rows left: no decode step pending
         self._row_params = None
+        self._row_adapters = None
 
     # ------------------------------------------------------------------ admission and prefill
 
@@ -462,6 +498,7 @@ class Engine:
         self.logits[n0 : n0 + k].copy_(logits)
         self.rows.extend(new)
         self._row_params = None
+        self._row_adapters = None
         if self._penalties is not None:
             for i in range(n0, n0 + k):
                 self._penalties.clear_row(i)
@@ -473,7 +510,8 @@ class Engine:
         from rwkv1c.model.rwkv7 import RWKVState
 
         results: list[tuple[RWKVState, torch.Tensor] | None] = [None] * len(new)
-        fresh: dict[tuple[int, ...], list[int]] = {}  # zero-start prompts (deduplicated) -> request indices
+        # zero-start prompts (deduplicated per adapter) -> request indices
+        fresh: dict[tuple[int, tuple[int, ...]], list[int]] = {}
         continued: list[tuple[int, RWKVState, list[int]]] = []  # (index, start state, remaining ids)
         for i, r in enumerate(new):
             if r.start_state is not None:
@@ -483,28 +521,29 @@ class Engine:
                     assert r.start_logits is not None
                     results[i] = (r.start_state, r.start_logits.float())
                 continue
-            hit, state, logits = self.cache.lookup(r.prompt_ids)
+            hit, state, logits = self.cache.lookup(r.prompt_ids, r.adapter)
             if hit == len(r.prompt_ids) and state is not None and logits is not None:
                 results[i] = (state, logits)
             elif hit and state is not None:
                 continued.append((i, state, list(r.prompt_ids[hit:])))
             else:
-                fresh.setdefault(tuple(r.prompt_ids), []).append(i)
+                fresh.setdefault((r.adapter, tuple(r.prompt_ids)), []).append(i)
         # a request asking for a cache point inside its prompt is split there
         for key, idx in list(fresh.items()):
-            cut = max((c for c in new[idx[0]].cache_at if 0 < c < len(key)), default=0)
+            adapter, ids = key
+            cut = max((c for c in new[idx[0]].cache_at if 0 < c < len(ids)), default=0)
             if cut:
                 del fresh[key]
-                state, logits = self.prefill(key[:cut])
-                self.cache.put(key[:cut], state, logits)
-                continued.extend((i, state, list(key[cut:])) for i in idx)
-        keys = sorted(fresh, key=len)
-        for group in self._groups([len(k) for k in keys]):
+                state, logits = self.prefill(ids[:cut], adapter=adapter)
+                self.cache.put(ids[:cut], state, logits, adapter)
+                continued.extend((i, state, list(ids[cut:])) for i in idx)
+        keys = sorted(fresh, key=lambda k: len(k[1]))
+        for group in self._groups([len(k[1]) for k in keys]):
             gkeys = [keys[j] for j in group]
-            states, logits = self._prefill_fresh([list(k) for k in gkeys])
+            states, logits = self._prefill_fresh([list(k[1]) for k in gkeys], [k[0] for k in gkeys])
             for row, key in enumerate(gkeys):
                 st, lg = states.select(slice(row, row + 1)), logits[row]
-                self.cache.put(key, st, lg)
+                self.cache.put(key[1], st, lg, key[0])
                 for i in fresh[key]:
                     results[i] = (st, lg)
         by_len: dict[int, list[tuple[int, RWKVState, list[int]]]] = {}
@@ -514,12 +553,13 @@ class Engine:
             for lo in range(0, len(items), max(1, self.prefill_tokens // max(length, 1))):
                 part = items[lo : lo + max(1, self.prefill_tokens // max(length, 1))]
                 start = RWKVState.cat([s for _, s, _ in part])
-                states, logits = self._run(torch.tensor([ids for _, _, ids in part], device=self.device), start)
+                tokens = torch.tensor([ids for _, _, ids in part], device=self.device)
+                states, logits = self._run(tokens, start, adapters=[new[i].adapter for i, _, _ in part])
                 for row, (i, _, _) in enumerate(part):
                     st, lg = states.select(slice(row, row + 1)), logits[row]
                     r = new[i]
                     if r.start_state is None:
-                        self.cache.put(r.prompt_ids, st, lg)
+                        self.cache.put(r.prompt_ids, st, lg, r.adapter)
                     results[i] = (st, lg)
         assert all(x is not None for x in results)
         done = [x for x in results if x is not None]
@@ -538,7 +578,7 @@ class Engine:
             groups.append([j])
         return groups
 
-    def _prefill_fresh(self, prompts: list[list[int]]) -> tuple[RWKVState, torch.Tensor]:
+    def _prefill_fresh(self, prompts: list[list[int]], adapters: list[int]) -> tuple[RWKVState, torch.Tensor]:
         """Prefill prompts from a zero state, left-padded: a reset at each first token hides the padding."""
         import torch
 
@@ -549,13 +589,18 @@ class Engine:
             tokens[row, T - len(p) :] = torch.tensor(p)
             reset[row, T - len(p)] = True
         need_reset = any(len(p) != T for p in prompts)
-        return self._run(tokens.to(self.device), None, reset.to(self.device) if need_reset else None)
+        return self._run(tokens.to(self.device), None, reset.to(self.device) if need_reset else None, adapters)
 
     def _run(
-        self, tokens: torch.Tensor, state: RWKVState | None, reset: torch.Tensor | None = None
-    ) -> tuple[RWKVState, torch.Tensor]:
-        """model.forward over (B, T) tokens in chunks of the token budget; the final state and logits (B, V)."""
+        self, tokens: torch.Tensor, state: RWKVState | None, reset: torch.Tensor | None = None,
+        adapters: list[int] | None = None,
+    ) -> tuple[RWKVState, torch.Tensor]:  # fmt: skip
+        """model.forward over (B, T) tokens in chunks of the token budget; the final state and logits (B, V).
+
+        adapters: the adapter of each row (None: the base for all)."""
         B, T = tokens.shape
+        if self.adapters is not None:
+            self.adapters.for_prefill(adapters or [0] * B)
         chunk = max(1, self.prefill_tokens // B)
         logits = None
         for lo in range(0, T, chunk):
@@ -583,6 +628,13 @@ class Engine:
             )
         return self._row_params
 
+    def _adapter_ids(self) -> torch.Tensor:
+        import torch
+
+        if self._row_adapters is None:
+            self._row_adapters = torch.tensor([r.adapter for r in self.rows], dtype=torch.long, device=self.device)
+        return self._row_adapters
+
     def _penalty_book(self) -> Any:
         import torch
 
@@ -602,6 +654,7 @@ def load_engine(
     model: Path,
     adapter: Path | None = None,
     *,
+    adapters: Sequence[tuple[str, Path]] = (),
     device: Device = "auto",
     dtype: DType = "auto",
     max_batch: int = 32,
@@ -609,14 +662,28 @@ def load_engine(
     quant: Quant = "none",
     quantize_head: bool = False,
 ) -> Engine:
-    """Load the model (and adapter) with `rwkv1c.model.loader.load_model` and make an engine over it."""
+    """Load the model (and adapter) with `rwkv1c.model.loader.load_model` and make an engine over it.
+
+    adapters: (name, folder) pairs attached together, unmerged, for requests to pick (`multi_lora`);
+    not with `adapter`, which applies one adapter to the model for every request.
+    """
     from rwkv1c.model.loader import load_model, resolve_device, resolve_dtype
     from rwkv1c.model.tokenizer import get_tokenizer
 
+    if adapter is not None and adapters:
+        raise ValueError("pass one adapter applied to every request, or several to choose from, not both")
     dev = resolve_device(device)
-    net = load_model(model, adapter, device=dev, dtype=resolve_dtype(dtype, dev), quant=quant,
-                     quantize_head=quantize_head)  # fmt: skip
-    return Engine(net, get_tokenizer(), max_batch=max_batch, prefix_cache_mb=prefix_cache_mb)
+    rows = None
+    quantised = {"quant": quant, "quantize_head": quantize_head}
+    if adapters:
+        from rwkv1c.infer.multi_lora import attach_adapters, read_adapters
+
+        read_adapters(adapters)  # every folder checked before the slow load
+        net = load_model(model, None, device=dev, dtype=resolve_dtype(dtype, dev), **quantised)  # type: ignore[arg-type]
+        rows = attach_adapters(net, Path(model), adapters)
+    else:
+        net = load_model(model, adapter, device=dev, dtype=resolve_dtype(dtype, dev), **quantised)  # type: ignore[arg-type]
+    return Engine(net, get_tokenizer(), max_batch=max_batch, prefix_cache_mb=prefix_cache_mb, adapters=rows)
 
 
 def describe(engine: Engine) -> str:

@@ -1,54 +1,65 @@
-"""An OpenAI-compatible HTTP API over the engine (standard library only); `rwkv1c serve` runs it.
+"""An OpenAI-compatible HTTP API over the engine, on Starlette and uvicorn; `rwkv1c serve` runs it.
 
 Endpoints: GET /v1/models, GET /v1/models/{id}, POST /v1/completions, POST /v1/chat/completions,
-GET /health. Streaming is Server-Sent Events (`"stream": true`). One engine thread drives the engine and
-runs continuous batching: every request's sequences join the next decode step, and their text flows
-back to the request's HTTP thread through a queue. Errors use OpenAI's body
-`{"error": {"message", "type", "param", "code"}}`; a bad request never stops the server.
+GET /health. Streaming is Server-Sent Events (`"stream": true`). The request formats live in `api.py`.
 
-Fields left out take the engine's defaults (temperature 1.0, top_p 0.3, max_tokens from
---max-tokens), not OpenAI's. Chat completions also stop at the first blank line ("\\n\\n", how RWKV
-ends a chat turn); completions stop only where the request says, as in OpenAI's API.
-Extensions: `top_k`, `penalty_decay`, `blank_line_stop` (completions; default false).
-Not supported (400): `logprobs`, `echo`, `suffix`,
-`logit_bias`, `tools`, non-text `response_format`.
+Threads: uvicorn runs its asyncio loop in one thread ("rwkv1c-http"); one engine thread ("rwkv1c-engine")
+drives the engine (submit, step) and runs continuous batching: every request's sequences join the next
+decode step. What a step produced (text, finished sequences, failures) goes back to the asyncio loop in
+one batch per step, and from there to each request's queue.
+
+What protects the server: a request body must arrive within --request-timeout (408) and be at most 16 MiB
+(413); an idle keep-alive connection closes after --keep-alive seconds; max_tokens above --max-tokens-cap
+is refused (400); when more than --max-queue sequences wait for a free row, a request is refused with 429
+and Retry-After; a client that goes away (streaming or not) has its sequences cancelled, so the engine
+drops them at its next step. Every error, the server's own routing errors included, has OpenAI's body
+`{"error": {"message", "type", "param", "code"}}`; client faults (bad JSON, bad UTF-8, lone surrogates,
+resets) never print a traceback. `stop()` (SIGINT / SIGTERM in `rwkv1c serve`) lets requests in flight
+finish for --shutdown-timeout seconds, then cancels them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import hmac
 import json
+import logging
 import queue
+import socket
 import sys
 import threading
-import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rwkv1c.infer.api import ApiError, ChunkWriter, Job, Limits, build_job, check_text, render_chat, response
+
 if TYPE_CHECKING:
-    from rwkv1c.infer.engine import Completion, Engine, Request
-    from rwkv1c.infer.sampling import SamplingParams
+    from starlette.requests import Request as HttpRequest
+    from starlette.responses import Response
+
+    from rwkv1c.infer.engine import Engine, Request
+
+__all__ = ["ApiError", "EngineLoop", "Server", "ServerSettings", "model_name_for", "render_chat"]
 
 MAX_BODY = 16 * 2**20
-MAX_N = 16
-MAX_STOPS = 16
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+Event = tuple["asyncio.Queue[tuple[str, int, Any]]", str, int, Any]  # (job queue, kind, choice, payload)
 
 
-class ApiError(Exception):
-    """An error answered with an OpenAI-style body."""
+@dataclass
+class ServerSettings:
+    """The HTTP side's limits and timeouts (seconds)."""
 
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-        type: str = "invalid_request_error",
-    ) -> None:  # fmt: skip
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+    api_key: str | None = None
+    max_queue: int = 256  # sequences waiting for a free row before requests are refused (429)
+    request_timeout: float = 30.0  # a request body must arrive within this
+    keep_alive: float = 5.0  # an idle keep-alive connection is closed after this
+    shutdown_timeout: float = 10.0  # on stop, requests in flight get this long to finish
+    quiet: bool = False  # no access log
 
 
 # ---------------------------------------------------------------------------------------------- engine thread
@@ -57,483 +68,444 @@ class ApiError(Exception):
 class EngineLoop(threading.Thread):
     """The one thread that drives the engine (submit, step): admits queued requests and steps while any are active.
 
-    Request threads only tokenise through `engine.encode`, which is safe from any thread."""
+    Request callbacks run on this thread and append to `outbox`; after each step the batch goes to `post`
+    (set by the server: hands it to the asyncio loop). Other threads only tokenise (`engine.encode` is safe
+    from any thread) and set `Request.cancelled`."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(name="rwkv1c-engine", daemon=True)
         self.engine = engine
         self.inbox: queue.Queue[Request] = queue.Queue()
         self.stopping = threading.Event()
+        self.outbox: list[Event] = []
+        self.post: Callable[[list[Event]], None] = lambda batch: None
 
-    def submit(self, request: Request) -> None:
-        self.inbox.put(request)
+    def submit(self, requests: Sequence[Request]) -> None:
+        for r in requests:
+            self.inbox.put(r)
+
+    def emit(self, event: Event) -> None:
+        self.outbox.append(event)
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            try:
-                first = self.inbox.get(timeout=0.05) if not self.engine.busy else self.inbox.get_nowait()
-            except queue.Empty:
-                first = None
-            incoming = [first] if first is not None else []
+            self._admit(block=not self.engine.busy)
+            if self.engine.busy:
+                try:
+                    self.engine.step()
+                except Exception as exc:  # fail what was in flight, keep serving
+                    print(f"rwkv1c serve: engine error: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    for request in self.engine.abort_all():
+                        self._fail(request, f"{type(exc).__name__}: {exc}")
+            self._flush()
+        self._admit(block=False)
+        for request in self.engine.abort_all():
+            self._fail(request, "the server is shutting down")
+        self._flush()
+
+    def _admit(self, block: bool) -> None:
+        incoming = []
+        with contextlib.suppress(queue.Empty):
+            incoming.append(self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait())
             while True:
-                try:
-                    incoming.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
-            for request in incoming:
-                try:
-                    self.engine.submit(request)
-                except Exception as exc:  # a request the engine refuses fails alone
-                    self._fail(request, exc)
-            if not self.engine.busy:
-                continue
+                incoming.append(self.inbox.get_nowait())
+        for request in incoming:
             try:
-                self.engine.step()
-            except Exception as exc:  # fail what was in flight, keep serving
-                print(f"rwkv1c serve: engine error: {type(exc).__name__}: {exc}", file=sys.stderr)
-                for request in self.engine.abort_all():
-                    self._fail(request, exc)
+                self.engine.submit(request)
+            except Exception as exc:  # a request the engine refuses fails alone
+                self._fail(request, f"{type(exc).__name__}: {exc}")
+
+    def _flush(self) -> None:
+        if self.outbox:
+            batch, self.outbox = self.outbox, []
+            self.post(batch)
 
     @staticmethod
-    def _fail(request: Request, exc: Exception) -> None:
+    def _fail(request: Request, message: str) -> None:
         if request.on_error is not None:
-            request.on_error(f"{type(exc).__name__}: {exc}")
+            request.on_error(message)
 
 
-# ---------------------------------------------------------------------------------------------- requests
+# ---------------------------------------------------------------------------------------------- the application
 
 
-@dataclass
-class Job:
-    """One API call: its choices' requests and the queue their events arrive on."""
-
-    kind: str  # "text_completion" | "chat.completion"
-    id: str
-    created: int
-    model: str
-    prompt_tokens: list[int]  # per prompt
-    requests: list[Request]
-    events: queue.Queue[tuple[str, int, Any]]
-    stream: bool
-    include_usage: bool
-
-
-def _number(body: dict[str, Any], key: str, lo: float, hi: float, *, integer: bool = False) -> Any:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and value != int(value)):
-        raise ApiError(400, f"'{key}' must be {'an integer' if integer else 'a number'}, got {value!r}", param=key)
-    if not lo <= value <= hi:
-        raise ApiError(400, f"'{key}' must be between {lo:g} and {hi:g}, got {value}", param=key)
-    return int(value) if integer else float(value)
-
-
-def sampling_from_body(body: dict[str, Any], default_max_tokens: int) -> tuple[SamplingParams, int]:
-    """SamplingParams and n from an OpenAI request body (raises ApiError on the first bad field)."""
-    from rwkv1c.infer.sampling import SamplingParams
-
-    for key, ok in (("logprobs", (None, False, 0)), ("echo", (None, False)), ("suffix", (None, "")),
-                    ("logit_bias", (None, {})), ("tools", (None, [])), ("functions", (None, [])),
-                    ("top_logprobs", (None, 0)), ("best_of", (None, 1))):  # fmt: skip
-        if body.get(key) not in ok:
-            raise ApiError(400, f"'{key}' is not supported by this server", param=key, code="unsupported_parameter")
-    fmt = body.get("response_format")
-    if fmt not in (None, {"type": "text"}):
-        raise ApiError(400, "only the text response_format is supported", param="response_format")
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if max_tokens is not None:
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-            raise ApiError(400, f"'max_tokens' must be an integer, got {max_tokens!r}", param="max_tokens")
-        if max_tokens < 0:
-            raise ApiError(400, f"'max_tokens' must be >= 0, got {max_tokens}", param="max_tokens")
-    stop = body.get("stop")
-    stops: tuple[str, ...] = ()
-    if stop is not None:
-        stops = (stop,) if isinstance(stop, str) else tuple(stop) if isinstance(stop, list) else (None,)  # type: ignore[assignment]
-        if not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
-            raise ApiError(
-                400, f"'stop' must be a non-empty string or a list of up to {MAX_STOPS} of them", param="stop"
-            )
-    n = _number(body, "n", 1, MAX_N, integer=True) or 1
-    base = SamplingParams()
-    values = {
-        "temperature": _number(body, "temperature", 0, 2),
-        "top_p": _number(body, "top_p", 0, 1),
-        "top_k": _number(body, "top_k", 0, 1 << 20, integer=True),
-        "presence_penalty": _number(body, "presence_penalty", -2, 2),
-        "frequency_penalty": _number(body, "frequency_penalty", -2, 2),
-        "penalty_decay": _number(body, "penalty_decay", 0, 1),
-        "seed": _number(body, "seed", -(2**63), 2**63 - 1, integer=True),
-    }
-    blank = body.get("blank_line_stop", False)
-    if not isinstance(blank, bool):
-        raise ApiError(400, "'blank_line_stop' must be true or false", param="blank_line_stop")
-    params = dataclasses.replace(
-        base,
-        max_tokens=default_max_tokens if max_tokens is None else max_tokens,
-        stop=stops,
-        stop_at_blank_line=blank,
-        **{k: v for k, v in values.items() if v is not None},
-    )
-    return params, n
-
-
-def render_chat(messages: Any) -> tuple[list[str], str]:
-    """The prompt for a chat: the messages in the rwkv1c chat format, ending with "Assistant:".
-
-    Returns the prompt's segments (each tokenised on its own, as training data is, so a conversation's
-    earlier prompt is a token prefix of its next one) and the system turn's text ("" without one),
-    whose state is worth caching.
-    """
-    from rwkv1c.data.prompts import PREFIX, render_messages, render_system
-
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list", param="messages")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise ApiError(400, f"messages[{i}] needs a role of {', '.join(ROLES)}", param=f"messages[{i}].role")
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: only text
-            if not all(
-                isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-            ):
-                raise ApiError(400, f"messages[{i}]: only text content parts are supported", param=f"messages[{i}]")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content")
-        clean.append({"role": ROLES[m["role"]], "content": content})
-    if clean[-1]["role"] != "user":
-        raise ApiError(400, "the last message must be the user's", param="messages")
-    try:  # the format's own renderer wants a finished conversation: add an answer, then drop it
-        segments = render_messages([*clean, {"role": "assistant", "content": "-"}])
-    except ValueError as exc:
-        raise ApiError(400, f"messages: {exc}", param="messages") from None
-    parts = [text for text, _ in segments[:-1]]
-    assert parts[-1].endswith(PREFIX["assistant"])
-    system = ""
-    if clean[0]["role"] == "system":
-        system = render_system(clean[0]["content"])
-    return parts, system
-
-
-class Api:
-    """Request handling independent of HTTP plumbing: parse, validate, run, format."""
+class App:
+    """The ASGI application: routes, errors, and the bridge between requests and the engine thread."""
 
     def __init__(
-        self, engine: Engine, loop: EngineLoop, model_name: str, *, api_key: str | None,
-        max_prompt_tokens: int, default_max_tokens: int,
+        self, engine: Engine, loop: EngineLoop, names: dict[str, int], listed: list[str], limits: Limits,
+        settings: ServerSettings,
     ) -> None:  # fmt: skip
-        self.engine, self.loop, self.model_name = engine, loop, model_name
-        self.api_key = api_key
-        self.max_prompt_tokens = max_prompt_tokens
-        self.default_max_tokens = default_max_tokens
-        self.created = int(time.time())
+        import time
 
-    def check_key(self, header: str | None) -> None:
-        if self.api_key is None:
+        self.engine, self.loop, self.names, self.listed = engine, loop, names, listed
+        self.limits, self.settings = limits, settings
+        self.created = int(time.time())
+        self.in_flight = 0  # sequences submitted and not finished (asyncio thread only)
+        self.stopping = False
+        self.aio: asyncio.AbstractEventLoop | None = None
+
+    def starlette(self) -> Any:
+        from starlette.applications import Starlette
+        from starlette.exceptions import HTTPException
+        from starlette.routing import Route
+
+        routes = [
+            Route("/health", self.endpoint(self.health), methods=["GET"]),
+            Route("/v1/models", self.endpoint(self.models), methods=["GET"]),
+            Route("/v1/models/{model_id:path}", self.endpoint(self.model_card), methods=["GET"]),
+            Route("/v1/completions", self.endpoint(self.completions), methods=["POST"]),
+            Route("/v1/chat/completions", self.endpoint(self.chat_completions), methods=["POST"]),
+        ]
+        handlers = {HTTPException: self.routing_error, Exception: self.internal_error}
+        return Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan)  # type: ignore[arg-type]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any) -> AsyncIterator[None]:
+        self.aio = asyncio.get_running_loop()
+        self.loop.post = self._post
+        yield
+
+    # ------------------------------------------------------------------ errors
+
+    @staticmethod
+    def json(status: int, obj: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+        from starlette.responses import Response
+
+        try:
+            data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate got in after all: escaped, it is still valid JSON
+            data = json.dumps(obj).encode("ascii")
+        return Response(data, status_code=status, headers=headers, media_type="application/json")
+
+    def error(self, err: ApiError) -> Response:
+        return self.json(err.status, err.body(), err.headers)
+
+    def endpoint(
+        self, fn: Callable[[HttpRequest], Awaitable[Response]]
+    ) -> Callable[[HttpRequest], Awaitable[Response]]:
+        """`fn` answering its ApiErrors, a client that went away, and its own bugs (500) as JSON."""
+        from starlette.requests import ClientDisconnect
+        from starlette.responses import Response
+
+        async def run(request: HttpRequest) -> Response:
+            try:
+                return await fn(request)
+            except ApiError as err:
+                return self.error(err)
+            except ClientDisconnect:
+                return Response(status_code=400)  # nobody reads it
+            except Exception as exc:
+                print(f"rwkv1c serve: internal error in {request.method} {request.url.path}:", file=sys.stderr)
+                traceback.print_exc()
+                return self.error(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+
+        return run
+
+    async def routing_error(self, request: HttpRequest, exc: Exception) -> Response:
+        status, headers = getattr(exc, "status_code", 500), getattr(exc, "headers", None) or {}
+        path = request.url.path
+        if status == 404:
+            message = f"no such endpoint: {request.method} {path}"
+        elif status == 405:
+            message = f"{request.method} is not allowed on {path}; use {headers.get('Allow', 'another method')}"
+        else:
+            message = str(getattr(exc, "detail", "")) or "bad request"
+        return self.json(status, ApiError(status, message).body(), headers)
+
+    async def internal_error(self, request: HttpRequest, exc: Exception) -> Response:
+        return self.error(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+
+    # ------------------------------------------------------------------ GET
+
+    def check_key(self, request: HttpRequest) -> None:
+        key = self.settings.api_key
+        if key is None:
             return
-        if header is None or not header.startswith("Bearer ") or header[len("Bearer ") :].strip() != self.api_key:
+        header = request.headers.get("authorization", "")
+        given = header[len("Bearer ") :].strip() if header.startswith("Bearer ") else ""
+        if not hmac.compare_digest(given.encode(), key.encode()):
             raise ApiError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
 
-    def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self.model_card()]}
+    async def health(self, request: HttpRequest) -> Response:
+        return self.json(200, {"status": "ok"})
 
-    def model_card(self) -> dict[str, Any]:
-        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "rwkv1c"}
+    def card(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "rwkv1c"}
 
-    def start(self, path: str, body: Any) -> Job:
-        """Validate a POST body and queue its sequences; the returned job delivers their events."""
-        from rwkv1c.infer.engine import Request, new_id
+    async def models(self, request: HttpRequest) -> Response:
+        self.check_key(request)
+        return self.json(200, {"object": "list", "data": [self.card(n) for n in self.listed]})
 
+    async def model_card(self, request: HttpRequest) -> Response:
+        self.check_key(request)
+        name = request.path_params["model_id"]
+        if name not in self.names:
+            raise ApiError(404, f"the model '{name}' does not exist", param="model", code="model_not_found")
+        return self.json(200, self.card(name))
+
+    # ------------------------------------------------------------------ POST
+
+    async def completions(self, request: HttpRequest) -> Response:
+        return await self.generate(request, chat=False)
+
+    async def chat_completions(self, request: HttpRequest) -> Response:
+        return await self.generate(request, chat=True)
+
+    async def read_json(self, request: HttpRequest) -> Any:
+        """The body as JSON: at most MAX_BODY bytes, arriving within the request timeout, valid UTF-8 text."""
+        close = {"Connection": "close"}
+        length = request.headers.get("content-length")
+        if length is not None and not length.isdigit():
+            raise ApiError(400, f"bad Content-Length header: {length!r}", headers=close)
+        if length is not None and int(length) > MAX_BODY:
+            raise ApiError(413, f"the request body is larger than {MAX_BODY} bytes", headers=close)
+
+        async def read() -> bytes:
+            raw = bytearray()
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > MAX_BODY:
+                    raise ApiError(413, f"the request body is larger than {MAX_BODY} bytes", headers=close)
+            return bytes(raw)
+
+        timeout = self.settings.request_timeout
+        try:
+            raw = await asyncio.wait_for(read(), timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout",
+                           headers=close) from None  # fmt: skip
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ApiError(400, f"the request body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        check_text(body)
+        return body
+
+    async def generate(self, request: HttpRequest, chat: bool) -> Response:
+        from starlette.responses import StreamingResponse
+
+        self.check_key(request)
+        body = await self.read_json(request)
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         model = body.get("model")
         if not isinstance(model, str):
             raise ApiError(400, "'model' is required", param="model")
-        if model != self.model_name:
-            raise ApiError(404, f"the model '{model}' does not exist; this server has '{self.model_name}'",
+        if model not in self.names:
+            raise ApiError(404, f"the model '{model}' does not exist; this server has {', '.join(self.listed)}",
                            param="model", code="model_not_found")  # fmt: skip
-        params, n = sampling_from_body(body, self.default_max_tokens)
-        chat = path == "/v1/chat/completions"
-        system = ""
-        if chat:
-            parts, system = render_chat(body.get("messages"))
-            ids = [[t for part in parts for t in self.engine.encode(part)]]
-            params = params.for_chat()
-        else:
-            prompt = body.get("prompt")
-            prompts: Any = [prompt] if isinstance(prompt, str) else prompt
-            if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-                raise ApiError(400, "'prompt' must be a string or a non-empty list of strings", param="prompt")
-            if len(prompts) * n > MAX_N * 4:
-                raise ApiError(400, f"too many choices: {len(prompts)} prompts x n={n}", param="n")
-            ids = [self.engine.encode(p) for p in prompts]
-        for p in ids:
-            if not p:
-                raise ApiError(400, "the prompt is empty", param="prompt")
-            if len(p) > self.max_prompt_tokens:
-                raise ApiError(
-                    400,
-                    f"the prompt has {len(p)} tokens; this server takes at most {self.max_prompt_tokens}",
-                    param="messages" if chat else "prompt",
-                    code="context_length_exceeded",
-                )
-        cache_at: tuple[int, ...] = ()
-        if system:
-            sys_ids = self.engine.encode(system)
-            if ids[0][: len(sys_ids)] == sys_ids:
-                cache_at = (len(sys_ids),)
-        stream = bool(body.get("stream"))
-        opts = body.get("stream_options") or {}
-        job = Job(
-            kind="chat.completion" if chat else "text_completion",
-            id=new_id("chatcmpl" if chat else "cmpl"),
-            created=int(time.time()),
-            model=self.model_name,
-            prompt_tokens=[len(p) for p in ids],
-            requests=[],
-            events=queue.Queue(),
-            stream=stream,
-            include_usage=bool(isinstance(opts, dict) and opts.get("include_usage")),
-        )
-        for pi, p_ids in enumerate(ids):
-            for j in range(n):
-                choice = pi * n + j
-                seeded = params.with_seed(params.seed + j) if params.seed is not None else params
-                req = Request(list(p_ids), seeded, cache_at=cache_at)
-                req.on_text = lambda d, c=choice: job.events.put(("text", c, d))
-                req.on_finish = lambda comp, c=choice: job.events.put(("done", c, comp))
-                req.on_error = lambda message, c=choice: job.events.put(("error", c, message))
-                job.requests.append(req)
-        for req in job.requests:
-            self.loop.submit(req)
-        return job
+        job = build_job(self.engine, chat, body, model, self.names[model], self.limits)
+        waiting = self.in_flight + len(job.requests) - self.engine.capacity
+        if waiting > self.settings.max_queue:
+            raise ApiError(429, f"the server is busy: {self.in_flight} sequences in flight for "
+                           f"{self.engine.capacity} rows; retry shortly", type="server_busy", code="queue_full",
+                           headers={"Retry-After": "1"})  # fmt: skip
+        events: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
+        for c, req in enumerate(job.requests):
+            if job.stream:  # a whole answer needs only the ends
+                req.on_text = lambda d, c=c: self.loop.emit((events, "text", c, d))
+            req.on_finish = lambda comp, c=c: self.loop.emit((events, "done", c, comp))
+            req.on_error = lambda message, c=c: self.loop.emit((events, "error", c, message))
+        self.in_flight += len(job.requests)
+        self.loop.submit(job.requests)
+        if job.stream:
+            return StreamingResponse(self.stream(job, events), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})  # fmt: skip
+        return await self.whole(request, job, events)
 
-    def collect(self, job: Job) -> dict[str, Any]:
-        """Wait for every choice and build the non-streaming response."""
-        done: dict[int, Completion] = {}
-        while len(done) < len(job.requests):
-            kind, choice, payload = job.events.get()
-            if kind == "error":
-                raise ApiError(500, f"generation failed: {payload}", type="server_error")
-            if kind == "done":
-                done[choice] = payload
-        choices = []
-        for c in range(len(job.requests)):
-            comp = done[c]
-            reason = "stop" if comp.finish_reason == "stop" else "length"
-            if job.kind == "chat.completion":
-                choices.append({"index": c, "message": {"role": "assistant", "content": comp.text.strip()},
-                                "finish_reason": reason, "logprobs": None})  # fmt: skip
-            else:
-                choices.append({"index": c, "text": comp.text, "finish_reason": reason, "logprobs": None})
-        return {
-            "id": job.id,
-            "object": job.kind,
-            "created": job.created,
-            "model": job.model,
-            "choices": choices,
-            "usage": self.usage(job, done),
-        }
+    def _post(self, batch: list[Event]) -> None:
+        """From the engine thread: hand a step's events to the asyncio loop."""
+        assert self.aio is not None
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for them
+            self.aio.call_soon_threadsafe(self._deliver, batch)
 
-    def usage(self, job: Job, done: dict[int, Completion]) -> dict[str, int]:
-        prompt = sum(job.prompt_tokens)  # a prompt shared by n choices is read once
-        completion = sum(len(c.token_ids) for c in done.values())
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    def _deliver(self, batch: list[Event]) -> None:
+        for events, kind, c, payload in batch:
+            if kind != "text":
+                self.in_flight -= 1
+            events.put_nowait((kind, c, payload))
 
-    def chunks(self, job: Job) -> Any:
-        """The SSE events of a streaming response, as JSON objects (then the caller sends [DONE])."""
-        head = {"id": job.id, "object": job.kind + (".chunk" if job.kind == "chat.completion" else ""),
-                "created": job.created, "model": job.model}  # fmt: skip
-        chat = job.kind == "chat.completion"
-        started: set[int] = set()
-        done: dict[int, Completion] = {}
-        lead: dict[int, bool] = {}  # chat: strip the space the model puts after "Assistant:"
-
-        def choice(c: int, text: str | None, reason: str | None) -> dict[str, Any]:
-            if chat:
-                delta: dict[str, Any] = {} if text is None else {"content": text}
-                if c not in started:
-                    started.add(c)
-                    delta["role"] = "assistant"
-                return {**head, "choices": [{"index": c, "delta": delta, "finish_reason": reason, "logprobs": None}]}
-            return {**head, "choices": [{"index": c, "text": text or "", "finish_reason": reason, "logprobs": None}]}
-
-        while len(done) < len(job.requests):
-            kind, c, payload = job.events.get()
-            if kind == "error":
-                yield {"error": ApiError(500, f"generation failed: {payload}", type="server_error").body()["error"]}
-                return
-            if kind == "text":
-                if chat and not lead.get(c):
-                    payload = payload.lstrip(" ")
-                    lead[c] = bool(payload)
-                    if not payload:
-                        continue
-                yield choice(c, payload, None)
-            else:
-                done[c] = payload
-                reason = "stop" if payload.finish_reason == "stop" else "length"
-                yield choice(c, None if chat else "", reason)
-        if job.include_usage:
-            yield {**head, "choices": [], "usage": self.usage(job, done)}
-
-    def cancel(self, job: Job) -> None:
+    @staticmethod
+    def cancel(job: Job) -> None:
         for r in job.requests:
             r.cancelled = True
 
+    async def whole(self, request: HttpRequest, job: Job, events: asyncio.Queue[tuple[str, int, Any]]) -> Response:
+        """Wait for every choice, or for the client to go away (then cancel them)."""
+        from starlette.responses import Response
 
-# ---------------------------------------------------------------------------------------------- HTTP
-
-
-class Handler(BaseHTTPRequestHandler):
-    """HTTP/1.1 with keep-alive; JSON responses carry Content-Length, streams use chunked encoding."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "rwkv1c"
-    api: Api  # set on the subclass made by `make_server`
-    quiet = False
-
-    def log_message(self, format: str, *args: Any) -> None:
-        if not self.quiet:
-            sys.stderr.write(f"rwkv1c serve: {self.address_string()} {format % args}\n")
-
-    def _send_json(self, status: int, obj: dict[str, Any]) -> None:
-        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _error(self, err: ApiError) -> None:
-        self._send_json(err.status, err.body())
-
-    def _read_body(self) -> Any:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise ApiError(411 if length is None else 400, "a Content-Length header is required")
-        if int(length) > MAX_BODY:
-            self.close_connection = True
-            raise ApiError(413, f"the request body is larger than {MAX_BODY} bytes")
-        raw = self.rfile.read(int(length))
+        gone = asyncio.ensure_future(disconnected(request))
         try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-
-    def do_GET(self) -> None:
-        try:
-            if self.path == "/health":
-                return self._send_json(200, {"status": "ok"})
-            self.api.check_key(self.headers.get("Authorization"))
-            if self.path == "/v1/models":
-                return self._send_json(200, self.api.models())
-            if self.path == f"/v1/models/{self.api.model_name}":
-                return self._send_json(200, self.api.model_card())
-            if self.path.startswith("/v1/models/"):
-                raise ApiError(
-                    404, f"the model '{self.path[len('/v1/models/') :]}' does not exist", code="model_not_found"
-                )
-            raise ApiError(404, f"no such endpoint: GET {self.path}")
-        except ApiError as err:
-            self._error(err)
-
-    def do_POST(self) -> None:
-        job = None
-        try:
-            if self.path not in ("/v1/completions", "/v1/chat/completions"):
-                self._read_body_quietly()
-                raise ApiError(404, f"no such endpoint: POST {self.path}")
-            try:
-                self.api.check_key(self.headers.get("Authorization"))
-            except ApiError:
-                self._read_body_quietly()
+            while len(job.done) < len(job.requests):
+                event = asyncio.ensure_future(events.get())
+                await asyncio.wait({event, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not event.done():
+                    event.cancel()
+                    return Response(status_code=400)  # the client left: nobody reads this
+                kind, c, payload = event.result()
+                if kind == "error":
+                    raise ApiError(500, f"generation failed: {payload}", type="server_error")
+                job.done[c] = payload
+            return self.json(200, response(job))
+        except asyncio.CancelledError:
+            if not self.stopping:
                 raise
-            body = self._read_body()
-            job = self.api.start(self.path, body)
-            if not job.stream:
-                return self._send_json(200, self.api.collect(job))
-            self._stream(job)
-        except ApiError as err:
-            if job is not None:
-                self.api.cancel(job)
-            self._error(err)
-        except (BrokenPipeError, ConnectionResetError):
-            if job is not None:
-                self.api.cancel(job)
-            self.close_connection = True
-        except Exception as exc:  # a bug answers 500; the server keeps running
-            if job is not None:
-                self.api.cancel(job)
-            print(f"rwkv1c serve: {type(exc).__name__}: {exc}", file=sys.stderr)
-            self._error(ApiError(500, f"internal error: {type(exc).__name__}", type="server_error"))
+            # the shutdown timeout ran out: answer, rather than drop the connection
+            return self.error(
+                ApiError(
+                    503,
+                    "the server is shutting down; the request was cancelled",
+                    type="server_error",
+                    code="shutting_down",
+                    headers={"Connection": "close"},
+                )
+            )
+        finally:
+            gone.cancel()
+            if len(job.done) < len(job.requests):
+                self.cancel(job)
 
-    def _read_body_quietly(self) -> None:
-        length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= MAX_BODY:
-            self.rfile.read(int(length))
-        else:
-            self.close_connection = True
+    async def stream(self, job: Job, events: asyncio.Queue[tuple[str, int, Any]]) -> AsyncIterator[bytes]:
+        """The SSE events; a client that goes away cancels this generator (Starlette), and so the job."""
+        writer = ChunkWriter(job)
+        try:
+            while len(job.done) < len(job.requests):
+                kind, c, payload = await events.get()
+                if kind == "error":
+                    err = ApiError(500, f"generation failed: {payload}", type="server_error")
+                    yield sse(err.body())
+                    return
+                if kind == "text":
+                    chunks = list(writer.text(c, payload))
+                else:
+                    job.done[c] = payload
+                    chunks = list(writer.finish(c, payload))
+                for chunk in chunks:
+                    yield sse(chunk)
+            for chunk in writer.usage():
+                yield sse(chunk)
+            yield b"data: [DONE]\n\n"
+        finally:
+            if len(job.done) < len(job.requests):
+                self.cancel(job)
 
-    def _stream(self, job: Job) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
 
-        def send(data: str) -> None:
-            raw = data.encode("utf-8")
-            self.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
-            self.wfile.flush()
+def sse(obj: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
-        for event in self.api.chunks(job):
-            send(f"data: {json.dumps(event, ensure_ascii=False)}\n\n")
-        send("data: [DONE]\n\n")
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+
+async def disconnected(request: HttpRequest) -> None:
+    """Returns when the client has gone away (the body was read: the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- the server
 
 
 class Server:
-    """The HTTP server and the engine thread; `start()` returns the bound (host, port)."""
+    """The HTTP server (uvicorn, in its own thread) and the engine thread; `start()` returns (host, port).
+
+    model_name is the base model's id; the engine's adapters are served under their own names. aliases are
+    ids accepted for the base as well (not listed in /v1/models).
+    """
 
     def __init__(
         self, engine: Engine, model_name: str, *, host: str = "127.0.0.1", port: int = 8000,
         api_key: str | None = None, max_prompt_tokens: int = 16384, default_max_tokens: int = 256,
+        max_tokens_cap: int = 8192, aliases: Sequence[str] = (), settings: ServerSettings | None = None,
         quiet: bool = False,
     ) -> None:  # fmt: skip
+        import uvicorn
+
+        base = settings or ServerSettings()
+        settings = dataclasses.replace(base, api_key=base.api_key if api_key is None else api_key,
+                                       quiet=base.quiet or quiet)  # fmt: skip
         self.loop = EngineLoop(engine)
-        self.api = Api(engine, self.loop, model_name, api_key=api_key, max_prompt_tokens=max_prompt_tokens,
-                       default_max_tokens=default_max_tokens)  # fmt: skip
-        handler = type("BoundHandler", (Handler,), {"api": self.api, "quiet": quiet})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        listed = [model_name, *engine.adapter_names]
+        names = {n: i for i, n in enumerate(listed)}
+        for alias in aliases:
+            names.setdefault(alias, 0)
+        limits = Limits(max_prompt_tokens, default_max_tokens, max_tokens_cap)
+        self.app = App(engine, self.loop, names, listed, limits, settings)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family)  # OSError: the caller says why
+        if not settings.quiet:
+            log_to_stderr()
+        config = uvicorn.Config(
+            self.app.starlette(), log_config=None, access_log=not settings.quiet, http="h11", ws="none",
+            loop="asyncio", lifespan="on", timeout_keep_alive=max(1, round(settings.keep_alive)),
+            timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)), server_header=False,
+        )  # fmt: skip
+        self.http = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.httpd.server_address[:2]
+        host, port = self.sock.getsockname()[:2]
         return str(host), int(port)
 
-    def start(self) -> tuple[str, int]:
+    def start(self, timeout: float = 60) -> tuple[str, int]:
+        import time
+
         self.loop.start()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="rwkv1c-http", daemon=True)
+        self._thread = threading.Thread(target=self.http.run, kwargs={"sockets": [self.sock]}, name="rwkv1c-http",
+                                        daemon=True)  # fmt: skip
         self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.http.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self.http.started:
+            raise RuntimeError("the HTTP server did not start")
         return self.address
 
+    def request_stop(self, force: bool = False) -> None:
+        """Stop accepting, let requests in flight finish (`force`: cancel them now); returns at once."""
+        self.app.stopping = True
+        if self.http.should_exit or force:
+            self.http.force_exit = True
+        self.http.should_exit = True
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the HTTP thread to end (after request_stop), then stop the engine thread."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if not self.running:
+            self.loop.stopping.set()
+            self.loop.join(timeout=30)
+            self.sock.close()
+
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.loop.stopping.set()
-        self.loop.join(timeout=10)
+        self.request_stop()
+        self.wait()
 
 
-def model_name_for(model: Path, adapter: Path | None) -> str:
-    """The id clients pass as "model": the adapter folder's run name, else the checkpoint's file stem."""
+def log_to_stderr() -> None:
+    """uvicorn's access log and warnings as one `rwkv1c serve: ...` line each, on stderr."""
+    formatter = logging.Formatter("rwkv1c serve: %(message)s")
+    for name, level in (("uvicorn.error", logging.WARNING), ("uvicorn.access", logging.INFO)):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "rwkv1c", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(formatter)
+            handler.rwkv1c = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def model_name_for(model: Path, adapter: Path | None = None) -> str:
+    """The id clients pass as "model": an adapter folder's run name, else the checkpoint's file stem, except
+    that a `merged.pth` is named after its run folder (runs/bsl-v1/merged.pth -> "bsl-v1")."""
     if adapter is not None:
         a = Path(adapter).resolve()
         return a.parent.name if a.name in ("adapter", "final") else a.name
-    return Path(model).stem
+    m = Path(model).resolve()
+    return m.parent.name if m.stem == "merged" and m.parent.name else m.stem

@@ -79,15 +79,17 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   exit 0
 fi
 
-# 5. torch first. Its index is an extra one: pip's own index (PyPI, or the mirror pip is set up with) still
-#    serves the dependencies, and the local version (+cpu, +cu130) matches only the chosen build. Not quiet:
-#    the download is large and pip's progress shows it moving.
+# 5. torch first, in two steps. The wheel alone comes from its build's index, given as an extra one; its
+#    local version (+cpu, +cu130) matches only that build. Its dependencies (for CUDA builds the NVIDIA
+#    libraries) then come from pip's own index (PyPI, or the mirror pip is set up with), so the build's index is
+#    asked about one package only. Not quiet: the download is large and pip's progress shows it moving.
 INDEX_ARGS=()
 if [[ -n "$TORCH_INDEX_URL" ]]; then
   INDEX_ARGS=(--extra-index-url "$TORCH_INDEX_URL")
 fi
 echo "bootstrap: installing $TORCH_SPEC from ${TORCH_INDEX_URL:-PyPI} ($(plan download))"
-"${PIP[@]}" install -c constraints.txt "${INDEX_ARGS[@]}" "$TORCH_SPEC"
+"${PIP[@]}" install --no-deps "${INDEX_ARGS[@]}" "$TORCH_SPEC"
+"${PIP[@]}" install -c constraints.txt "$TORCH_SPEC"
 
 # 6. rwkv1c and the rest, pinned by constraints.txt (and constraints-gpu.txt for the GPU extra).
 CONSTRAINTS=(-c constraints.txt)

@@ -379,23 +379,25 @@ def checkout(tmp_path: Path) -> Checkout:
 def test_no_gpu_installs_the_cpu_build_from_the_cpu_index(checkout: Checkout) -> None:
     done = checkout.run("--dev")
     assert done.returncode == 0, done.stderr
-    torch_call, package_call = checkout.installs()
-    assert torch_call.endswith(
-        "install -c constraints.txt --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu"
+    wheel_call, deps_call, package_call = checkout.installs()
+    # the wheel from the CPU index (an extra one: pip's own index stays), its dependencies from pip's own index
+    assert wheel_call.endswith(
+        "install --no-deps --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0+cpu"
     )
+    assert deps_call.endswith("install -c constraints.txt torch==2.13.0+cpu")
     assert package_call.endswith("install -q -c constraints.txt -e .[dev]")  # no GPU extra without a GPU
     assert "about 200 MB" in done.stdout
     again = checkout.run("--dev")  # nothing changed: nothing to install
-    assert again.returncode == 0 and "up to date" in again.stdout and len(checkout.installs()) == 2
+    assert again.returncode == 0 and "up to date" in again.stdout and len(checkout.installs()) == 3
 
 
 def test_gpu_machine_gets_the_cuda_build_and_the_gpu_extra(checkout: Checkout, tmp_path: Path) -> None:
     working_smi(tmp_path / "smi", RTX4090_580)
     done = checkout.run(smi_dirs=(tmp_path / "smi",))
     assert done.returncode == 0, done.stderr
-    torch_call, package_call = checkout.installs()
-    assert torch_call.endswith("--extra-index-url https://download.pytorch.org/whl/cu130 torch==2.13.0+cu130")
-    assert " -q " not in torch_call  # the big download shows pip's progress
+    wheel_call, deps_call, package_call = checkout.installs()
+    assert wheel_call.endswith("--extra-index-url https://download.pytorch.org/whl/cu130 torch==2.13.0+cu130")
+    assert " -q " not in wheel_call + deps_call  # the big downloads show pip's progress
     assert package_call.endswith("install -q -c constraints.txt -c constraints-gpu.txt -e .[gpu]")
     assert "about 3 GB" in done.stdout
 
@@ -483,7 +485,7 @@ def test_an_unusable_venv_is_made_again_and_nothing_else_is_touched(checkout: Ch
     assert done.returncode == 0, done.stderr
     assert ".venv cannot be used" in done.stderr and "Removing .venv (nothing else)" in done.stderr
     assert not (venv / "leftover").exists() and not venv.is_symlink()
-    assert len(checkout.installs()) == 2
+    assert len(checkout.installs()) == 3
     assert all(p.read_text() == "mine" for p in mine)
 
 

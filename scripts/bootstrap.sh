@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Create .venv and install rwkv1c with pinned dependencies. Safe to run again: it only installs what changed.
 #
-#   ./scripts/bootstrap.sh          # runtime only
+#   ./scripts/bootstrap.sh          # runtime (with an NVIDIA GPU: the fast GPU kernels too)
 #   ./scripts/bootstrap.sh --dev    # plus test tools (pytest, ruff, the `rwkv` reference package, openai client)
+#
+# Which torch build fits this GPU, driver and TORCH_VERSION is decided by `python -m rwkv1c.machine.nvidia`,
+# which reads configs/workspace.env with the loader every rwkv1c command uses; this script runs the steps.
+# It deletes nothing but a .venv that cannot work (and says so).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -10,74 +14,91 @@ EXTRAS=""
 for arg in "$@"; do
   case "$arg" in
     --dev) EXTRAS="dev" ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "bootstrap: unknown argument '$arg' (use --dev)" >&2; exit 2 ;;
   esac
 done
 
-# 1. Settings: configs/workspace.env when present (copied from the committed example).
-setting() {  # setting KEY DEFAULT -> value from configs/workspace.env, else DEFAULT
-  local file=configs/workspace.env value
-  if [[ -f "$file" ]] && value=$(grep -E "^$1=" "$file" | tail -n 1 | cut -d= -f2-); then
-    value="${value%\"}"; value="${value#\"}"
-    printf '%s' "$value"
-  else
-    printf '%s' "$2"
-  fi
-}
-TORCH_VERSION=$(setting TORCH_VERSION 2.13.0)
-
-# 2. Python >= 3.10 and the virtual environment.
+# 1. Python >= 3.10 to make the environment with.
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
   echo "bootstrap: Python 3.10 or newer is needed (found: $("$PYTHON" --version 2>&1 || echo none))." >&2
   echo "  On Ubuntu/WSL: sudo apt install python3 python3-venv" >&2
   exit 1
 fi
-if [[ ! -x .venv/bin/python ]]; then
-  echo "bootstrap: creating .venv with $("$PYTHON" --version)"
-  "$PYTHON" -m venv .venv
+
+# 2. The virtual environment. One that cannot work is made again: on Debian/Ubuntu without python3-venv,
+#    `venv` writes bin/python and then fails at ensurepip, leaving a .venv without pip; its Python may also be
+#    gone (the system Python it came from was upgraded) or older than 3.10.
+VENV_PROBLEM=""
+if [[ -e .venv || -L .venv ]]; then
+  if [[ ! -x .venv/bin/python ]]; then
+    VENV_PROBLEM="it has no bin/python"
+  elif ! VENV_VERSION=$(.venv/bin/python -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null); then
+    VENV_PROBLEM="its Python does not start (was the Python it was made from removed or upgraded?)"
+  elif ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+    VENV_PROBLEM="its Python is $VENV_VERSION, older than 3.10"
+  elif ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    VENV_PROBLEM="it has no pip (its creation stopped half-way, e.g. while python3-venv was missing)"
+  fi
+fi
+if [[ -n "$VENV_PROBLEM" ]]; then
+  echo "bootstrap: .venv cannot be used: $VENV_PROBLEM. Removing .venv (nothing else) and making it again." >&2
+  rm -rf .venv
+fi
+if [[ ! -e .venv ]]; then
+  echo "bootstrap: creating .venv with $("$PYTHON" --version 2>&1)"
+  if ! "$PYTHON" -m venv .venv; then
+    rm -rf .venv  # a half-made one would otherwise look usable to the next run
+    PY_MINOR=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    echo "bootstrap: could not create .venv (see above). On Debian/Ubuntu/WSL install the venv module:" >&2
+    echo "  sudo apt install python3-venv   (or python$PY_MINOR-venv), then run this again" >&2
+    exit 1
+  fi
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 
-# 3. Which torch wheel index: set explicitly in workspace.env, or chosen from the GPU that nvidia-smi lists
-#    (also /usr/lib/wsl/lib/nvidia-smi under WSL2). The rule lives in rwkv1c.machine.doctor.torch_index_choice, for
-#    torch 2.12+: Turing..Blackwell (RTX 20xx-50xx) with driver 580+ -> cu130; older cards or drivers -> cu126;
-#    no NVIDIA GPU -> plain PyPI.
-if [[ -f configs/workspace.env ]] && grep -qE '^TORCH_INDEX_URL=' configs/workspace.env; then
-  TORCH_INDEX_URL=$(setting TORCH_INDEX_URL "")
-  INDEX_REASON="TORCH_INDEX_URL in configs/workspace.env"
-else
-  CHOICE=$(PYTHONPATH=src .venv/bin/python -c 'from rwkv1c.machine.doctor import print_torch_index; print_torch_index()')
-  TORCH_INDEX_URL=${CHOICE%%$'\t'*}
-  INDEX_REASON=${CHOICE#*$'\t'}
-fi
-echo "bootstrap: torch wheel index: ${TORCH_INDEX_URL:-PyPI} ($INDEX_REASON)"
-# A build-specific index gets the build's local version (torch==2.13.0+cu130): a plain ==2.13.0 would accept
-# the CPU build already installed and never switch to the CUDA one.
-TORCH_SPEC="torch==$TORCH_VERSION"
-if [[ "$TORCH_INDEX_URL" =~ /whl/(cpu|cu[0-9]+)/?$ ]]; then
-  TORCH_SPEC="torch==$TORCH_VERSION+${BASH_REMATCH[1]}"
+# 3. What to install: the torch build for this GPU, driver and TORCH_VERSION (or TORCH_INDEX_URL when
+#    configs/workspace.env sets it), and whether the GPU extra goes in. The plan says why on stderr, and stops
+#    with the fix when no torch build can run here (no wheel for the card, or a driver too old for it).
+PLAN=$(PYTHONPATH=src .venv/bin/python -m rwkv1c.machine.nvidia)
+plan() { sed -n "s/^$1=//p" <<<"$PLAN"; }
+TORCH_SPEC=$(plan torch_spec)
+TORCH_INDEX_URL=$(plan index_url)
+GPU_CONSTRAINTS=$(plan gpu_constraints)
+if [[ "$(plan gpu_extra)" == yes ]]; then
+  EXTRAS="${EXTRAS:+$EXTRAS,}gpu"  # flash-linear-attention and Triton: the fast WKV kernels
 fi
 
 # 4. Skip the install when nothing changed since the last successful one.
 STAMP=.venv/.rwkv1c-bootstrap
-WANT=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)"|$TORCH_SPEC|$TORCH_INDEX_URL|$EXTRAS"
+WANT=$(cat pyproject.toml constraints.txt constraints-gpu.txt | sha256sum | cut -c1-16)
+WANT="$WANT|$TORCH_SPEC|$TORCH_INDEX_URL|$EXTRAS|$GPU_CONSTRAINTS"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
-  echo "bootstrap: .venv is up to date ($TORCH_SPEC; nothing to install)"
+  echo "bootstrap: .venv is up to date ($TORCH_SPEC${EXTRAS:+, extras $EXTRAS}; nothing to install)"
   exit 0
 fi
 
-# 5. torch first, from the chosen index; then everything else pinned by constraints.txt.
-echo "bootstrap: installing $TORCH_SPEC from ${TORCH_INDEX_URL:-PyPI}"
+# 5. torch first, in two steps. The wheel alone comes from its build's index, given as an extra one; its
+#    local version (+cpu, +cu130) matches only that build. Its dependencies (for CUDA builds the NVIDIA
+#    libraries) then come from pip's own index (PyPI, or the mirror pip is set up with), so the build's index is
+#    asked about one package only. Not quiet: the download is large and pip's progress shows it moving.
+INDEX_ARGS=()
 if [[ -n "$TORCH_INDEX_URL" ]]; then
-  "${PIP[@]}" install -q "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple
-else
-  "${PIP[@]}" install -q "$TORCH_SPEC"
+  INDEX_ARGS=(--extra-index-url "$TORCH_INDEX_URL")
+fi
+echo "bootstrap: installing $TORCH_SPEC from ${TORCH_INDEX_URL:-PyPI} ($(plan download))"
+"${PIP[@]}" install --no-deps "${INDEX_ARGS[@]}" "$TORCH_SPEC"
+"${PIP[@]}" install -c constraints.txt "$TORCH_SPEC"
+
+# 6. rwkv1c and the rest, pinned by constraints.txt (and constraints-gpu.txt for the GPU extra).
+CONSTRAINTS=(-c constraints.txt)
+if [[ -n "$GPU_CONSTRAINTS" ]]; then
+  CONSTRAINTS+=(-c "$GPU_CONSTRAINTS")
 fi
 TARGET="."
 [[ -n "$EXTRAS" ]] && TARGET=".[$EXTRAS]"
 echo "bootstrap: installing rwkv1c${EXTRAS:+ [$EXTRAS]} with pinned dependencies"
-"${PIP[@]}" install -q -c constraints.txt -e "$TARGET"
+"${PIP[@]}" install -q "${CONSTRAINTS[@]}" -e "$TARGET"
 echo "$WANT" > "$STAMP"
-echo "bootstrap: done. Activate with: source .venv/bin/activate   (or call .venv/bin/rwkv1c)"
+echo "bootstrap: done. Check the machine with .venv/bin/rwkv1c doctor; activate with: source .venv/bin/activate"

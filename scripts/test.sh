@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up .venv (with test tools) and run the linters and the test suite.
 #   ./scripts/test.sh                 # everything that can run here (GPU tests skip with a reason)
-#   ./scripts/test.sh -k tokenizer    # extra arguments go to pytest
+#   ./scripts/test.sh -m "not slow"   # the quick part: extra arguments go to pytest
+#   ./scripts/test.sh -m gpu          # the GPU tests (bootstrap installs the GPU kernels on a machine with a GPU)
+#   ./scripts/test.sh -k tokenizer
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -16,6 +16,45 @@ def test_env_file_syntax(tmp_path: Path) -> None:
     assert read_env_file(path) == {"A": "1", "B": "two words", "C": "3", "D": ""}
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("bom", [False, True])
+def test_env_file_from_a_windows_editor_reads_the_same(tmp_path: Path, newline: str, bom: bool) -> None:
+    """CRLF (or old-Mac CR) line ends and a UTF-8 byte-order mark: what Notepad writes through \\\\wsl$."""
+    text = (
+        "# settings\n"
+        'TORCH_VERSION="2.12.1"   # quoted, then a comment\n'
+        "TORCH_INDEX_URL='https://download.pytorch.org/whl/cu126' # single quotes\n"
+        "MODELS_DIR = /data/models # spaces around = and a comment\n"
+        "RUNS_DIR=runs#2\n"
+        'PROFILE="lora-bf16"\n'
+        "HF_ENDPOINT=https://hf-mirror.example\t# a tab before the comment\n"
+    )
+    path = tmp_path / "workspace.env"
+    path.write_bytes(("\ufeff" if bom else "").encode() + text.replace("\n", newline).encode())
+    assert read_env_file(path) == {
+        "TORCH_VERSION": "2.12.1",
+        "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cu126",
+        "MODELS_DIR": "/data/models",
+        "RUNS_DIR": "runs#2",
+        "PROFILE": "lora-bf16",
+        "HF_ENDPOINT": "https://hf-mirror.example",
+    }
+
+
+def test_env_file_bad_quotes_and_encoding_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "bad.env"
+    path.write_text('A="open\nB=\'x\' trailing\nC="fine" # ok\n', encoding="utf-8")
+    with pytest.raises(UserError) as info:
+        read_env_file(path)
+    message = str(info.value)
+    assert f"{path}:1: A:" in message and f"{path}:2: B:" in message and ":3:" not in message
+    ansi = tmp_path / "ansi.env"
+    ansi.write_bytes("MODELS_DIR=/home/пользователь\n".encode("cp1251"))
+    with pytest.raises(UserError, match="not UTF-8") as info:
+        read_env_file(ansi)
+    assert "UTF-8" in (info.value.hint or "")
+
+
 def test_env_file_errors_name_every_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.env"
     path.write_text("lower=1\nGOOD=2\nno equals sign\n", encoding="utf-8")

@@ -4,6 +4,7 @@ one real run on this machine."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from rwkv1c.commands.doctor import doctor as doctor_verb
 from rwkv1c.machine import doctor as d
+from rwkv1c.machine import nvidia
 from rwkv1c.machine.doctor import Facts, Needs
 
 WSL2 = (
@@ -133,6 +135,86 @@ def test_shadowing_libcuda_and_stub_path_fail() -> None:
     assert "libcuda.so.1" in check.detail and "stubs" in check.detail
 
 
+@pytest.mark.parametrize(
+    ("package", "harmful"),
+    [
+        ("nvidia-utils-550", True),  # its /usr/bin/nvidia-smi cannot reach the GPU inside WSL
+        ("cuda-12-6", True),  # the versioned meta package pulls cuda-drivers in
+        ("cuda-13-0", True),
+        ("cuda", True),
+        ("cuda-runtime-12-6", True),
+        ("cuda-drivers-570", True),
+        ("libcuda1", True),  # Debian's libcuda
+        ("nvidia-smi", True),  # Debian's nvidia-smi
+        ("cuda-toolkit-12-6", False),  # the toolkit alone is fine
+        ("cuda-toolkit-13-0", False),
+        ("nvidia-cuda-toolkit", False),
+        ("python3", False),
+    ],
+)
+def test_linux_driver_packages(package: str, harmful: bool) -> None:
+    assert bool(d.LINUX_DRIVER_PACKAGES.match(package)) is harmful
+
+
+def test_held_driver_packages_count_as_installed() -> None:
+    f = wsl_box(dpkg="nvidia-driver-550\thi \t550\ncuda-12-6\tii \t12.6\nnvidia-utils-545\trc \t545\n")
+    check = d.check_wsl_driver(f)
+    assert check.status == "fail"
+    assert "nvidia-driver-550" in check.hint and "cuda-12-6" in check.hint and "nvidia-utils-545" not in check.hint
+
+
+def test_a_broken_nvidia_smi_before_the_working_one_is_reported() -> None:
+    failures = (("/usr/bin/nvidia-smi", SMI_DRIVER_FAIL),)
+    check = d.check_nvidia_smi(wsl_box(nvidia_smi_failures=failures))
+    assert check.status == "fail"
+    assert "/usr/bin/nvidia-smi fails" in check.detail and "/usr/lib/wsl/lib/nvidia-smi" in check.detail
+    assert "apt-get remove --purge" in check.hint and "wsl --shutdown" in check.hint
+    assert d.check_gpu(wsl_box(nvidia_smi_failures=failures)).status == "pass"  # the GPU itself is found
+    native = d.check_nvidia_smi(
+        wsl_box(proc_version=UBUNTU, nvidia_smi="/usr/local/bin/nvidia-smi", nvidia_smi_failures=failures)
+    )
+    assert native.status == "warn"
+
+
+def test_gathering_finds_the_gpu_behind_a_broken_nvidia_smi(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for folder, body in (
+        ("first", f'printf "%s\\n" "{SMI_DRIVER_FAIL}"\nexit 9'),
+        ("second", f"printf '%s' '{RTX4090}'"),
+    ):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "nvidia-smi").write_text("#!/bin/sh\n" + body + "\n")
+        (tmp_path / folder / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'first'}:{tmp_path / 'second'}:{os.environ['PATH']}")
+    monkeypatch.setattr(d, "probe_in_child", lambda deep, timeout: {})
+    facts = d.gather_facts(deep=False)
+    assert facts.nvidia_smi == str(tmp_path / "second" / "nvidia-smi") and facts.nvidia_smi_on_path
+    assert facts.gpus[0].name == "NVIDIA GeForce RTX 4090"
+    assert facts.nvidia_smi_failures[0][0] == str(tmp_path / "first" / "nvidia-smi")
+
+
+@pytest.mark.parametrize(
+    ("proc_version", "signs", "kind"),
+    [
+        ("Linux version 6.6.36-custom (me@box) #1 SMP", ("/run/WSL",), "wsl2"),  # a self-built WSL2 kernel
+        ("Linux version 6.6.36-custom (me@box) #1 SMP", ("/proc/sys/fs/binfmt_misc/WSLInterop",), "wsl2"),
+        ("Linux version 6.6.36-custom (me@box) #1 SMP", ("WSL_DISTRO_NAME=Ubuntu",), "wsl2"),
+        ("Linux version 6.6.36-custom (me@box) #1 SMP", (), "linux"),
+        (WSL1, ("WSL_DISTRO_NAME=Ubuntu", "/proc/sys/fs/binfmt_misc/WSLInterop"), "wsl1"),
+        ("Linux version 4.19.104-microsoft-standard (oe-user@oe-host)", (), "wsl2"),  # an early WSL2 kernel
+    ],
+)
+def test_wsl_is_recognised_beyond_the_kernel_name(proc_version: str, signs: tuple[str, ...], kind: str) -> None:
+    f = wsl_box(proc_version=proc_version, wsl_signs=signs)
+    assert f.kind == kind
+    if kind == "wsl2" and signs:
+        assert "custom kernel" in d.check_platform(f).detail and signs[0] in d.check_platform(f).detail
+
+
+def test_wsl_signs_read_the_environment() -> None:
+    assert d.wsl_signs({"WSL_DISTRO_NAME": "Ubuntu-24.04"})[0] == "WSL_DISTRO_NAME=Ubuntu-24.04"
+    assert not any(s.startswith("WSL_DISTRO_NAME") for s in d.wsl_signs({}))
+
+
 def test_linux_driver_check_skips_on_native_linux() -> None:
     f = wsl_box(proc_version=UBUNTU, dpkg="nvidia-driver-550\tii \t550\n")
     assert d.check_wsl_driver(f).status == "skip"
@@ -187,25 +269,7 @@ def test_pascal_card_is_a_warning_about_cu126_and_bf16() -> None:
     f = wsl_box(nvidia_smi_csv=GTX1080)
     assert d.check_gpu(f).status == "warn"
     assert d.check_bf16(f).status == "warn"
-    assert d.wheel_index_for((6, 1), 560) == "cu126"
-
-
-@pytest.mark.parametrize(
-    ("smi", "index", "warning"),
-    [
-        (None, "", False),
-        (RTX4090, "cu126", False),  # driver 566 < 580: the CUDA 12.6 build
-        (RTX4090.replace("566.36", "580.88"), "cu130", False),
-        (RTX5090, "cu130", True),  # Blackwell: only cu130 has its code, and driver 576 is too old for it
-        (RTX5090.replace("576.80", "581.57"), "cu130", False),
-        (GTX1080, "cu126", False),
-        (OLD_SMI, "cu126", True),  # no compute_cap column, driver 470 < 525
-    ],
-)
-def test_torch_index_choice(smi: str | None, index: str, warning: bool) -> None:
-    url, why = d.torch_index_choice(smi)
-    assert url == (f"https://download.pytorch.org/whl/{index}" if index else "")
-    assert ("WARNING" in why) is warning
+    assert nvidia.choose_torch("2.13.0", f.gpus).spec == "torch==2.13.0+cu126"
 
 
 def test_torch_cpu_build_on_a_gpu_box_fails() -> None:
@@ -221,10 +285,13 @@ def test_rtx5090_with_a_build_lacking_sm120_fails_with_cu130_index() -> None:
         "cuda": "12.4",
         "arch_list": ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"],
     }
-    f = wsl_box(nvidia_smi_csv=RTX5090, runtime=rt(torch=old_build))
+    f = wsl_box(nvidia_smi_csv=RTX5090.replace("576.80", "581.57"), runtime=rt(torch=old_build))
     check = d.check_torch(f)
     assert check.status == "fail" and "12.0" in check.detail
-    assert "whl/cu130" in check.hint
+    assert "whl/cu130" in check.hint and "torch==2.13.0+cu130" in check.hint  # what bootstrap installs by default
+    # on a 576 driver no torch 2.13 build runs a Blackwell card: the fix is the driver (or an older torch)
+    old_driver = d.check_torch(replace(f, nvidia_smi_csv=RTX5090))
+    assert "580 or newer" in old_driver.hint and "TORCH_VERSION=2.11.0" in old_driver.hint
 
 
 def test_cuda13_build_with_a_pre_580_driver_fails() -> None:

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Shared by scripts/*.sh: the project's Python, the runs folder, and (for scripts/train_*.sh) the
-# workspace's defaults composed into `rwkv1c train` with a profile.
+# Shared by scripts/*.sh: the project's Python, the runs and models folders, the base checkpoint the quickstart
+# fine-tunes, and (for scripts/train_*.sh) the workspace's defaults composed into `rwkv1c train` with a profile.
 #
 # The settings live in configs/ and are read by rwkv1c.config (their one home); this file only turns
 # the workspace's choices into the default --model and --data, then hands every flag the caller gave to
@@ -30,6 +30,45 @@ from rwkv1c.config import load_workspace, output_folder, workspace_root
 root = workspace_root()
 print(output_folder(root, load_workspace(root).runs_dir))
 '
+}
+
+# The quickstart's own tiny random model (in MODELS_DIR); never taken for a real base checkpoint.
+RWKV1C_QUICKSTART_TINY=quickstart-tiny.pth
+
+rwkv1c_models_dir() {
+    # Where base checkpoints live: MODELS_DIR of configs/workspace.env (where `rwkv1c download` writes).
+    "$(rwkv1c_python)" -c '
+from rwkv1c.config import load_workspace, output_folder, workspace_root
+root = workspace_root()
+print(output_folder(root, load_workspace(root).models_dir))
+'
+}
+
+rwkv1c_real_base() {
+    # A real base checkpoint in MODELS_DIR: the MODEL_PRESET's file when it is there, else the smallest other
+    # .pth (the quickest to fine-tune); never the quickstart's tiny model. Prints nothing when there is none.
+    "$(rwkv1c_python)" - "$RWKV1C_QUICKSTART_TINY" <<'PY'
+import sys
+
+from rwkv1c.config import load_preset, load_workspace, output_folder, workspace_root
+from rwkv1c.errors import UserError
+
+try:
+    root = workspace_root()
+    ws = load_workspace(root)
+    preset = load_preset(ws.model_preset, root)
+except UserError as exc:
+    sys.exit(f"quickstart: {exc}")
+folder = output_folder(root, ws.models_dir)
+own = folder / (preset.checkpoint or preset.name + ".pth")
+others = sorted(
+    (p for p in folder.glob("*.pth") if p.name != sys.argv[1] and p != own and p.is_file()),
+    key=lambda p: p.stat().st_size,
+)
+found = [own] if own.is_file() else others
+if found:
+    print(found[0])
+PY
 }
 
 train_with_profile() {

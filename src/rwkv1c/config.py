@@ -57,12 +57,32 @@ def output_folder(root: Path, folder: Path) -> Path:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a `KEY=value` file: `#` comments, blank lines, optional quotes, optional `export `."""
+    """Parse a `KEY=value` settings file; scripts/bootstrap.sh reads configs/workspace.env through this too.
+
+    The one rule for every `configs/*.env` file:
+
+    - UTF-8, a byte-order mark at the start is ignored; lines end in LF, CRLF or CR (a file saved by a
+      Windows editor through \\\\wsl$ reads the same as one written in Linux).
+    - Blank lines and lines starting with `#` are skipped; a leading `export ` is allowed.
+    - `KEY=value` with KEY in UPPERCASE_WITH_DIGITS; spaces around `=` and the value are dropped.
+    - A value starting with `"` or `'` ends at the next same quote; only spaces and a `# comment` may follow it.
+      An unquoted value ends at a `#` that follows a space or tab (`a#b` keeps its `#`).
+    - No escapes and no `$VAR` expansion. A key given twice: the later line wins.
+
+    Every malformed line is reported at once, with its line number.
+    """
     if not path.is_file():
         raise UserError(f"settings file not found: {path}")
     values: dict[str, str] = {}
     problems: list[str] = []
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"{path} is not UTF-8 text (byte {exc.start})",
+            hint="save it as UTF-8 (in Notepad: Save as, Encoding UTF-8)",
+        ) from None
+    for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -71,16 +91,25 @@ def read_env_file(path: Path) -> dict[str, str]:
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or not _KEY_RE.match(key):
-            problems.append(f"{path}:{lineno}: expected UPPERCASE_KEY=value, got {raw.strip()!r}")
+            problems.append(f"{path}:{lineno}: expected UPPERCASE_KEY=value, got {line!r}")
             continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
+        parsed = _env_value(value.strip())
+        if parsed is None:
+            problems.append(f"{path}:{lineno}: {key}: a quoted value must end with its quote, then only a # comment")
+            continue
+        values[key] = parsed
     raise_all(problems, "malformed settings file")
     return values
+
+
+def _env_value(text: str) -> str | None:
+    """The value part of a `KEY=value` line (already stripped) by read_env_file's rule, or None if malformed."""
+    if text[:1] in ('"', "'"):
+        end = text.find(text[0], 1)
+        rest = text[end + 1 :].strip() if end > 0 else "?"
+        return text[1:end] if not rest or rest.startswith("#") else None
+    comment = re.search(r"\s#", text)
+    return (text[: comment.start()] if comment else text).strip()
 
 
 def _coerce(raw: str, tp: Any, key: str) -> Any:

@@ -12,9 +12,7 @@ is a small function `Facts -> Check`, so tests feed it made-up facts.
 
 from __future__ import annotations
 
-import csv
 import glob
-import io
 import json as jsonlib
 import os
 import platform
@@ -27,13 +25,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rwkv1c.errors import UserError
+from rwkv1c.machine.nvidia import (
+    TESTED_TORCH,
+    TORCH_RELEASES,
+    WSL_LIB,
+    Gpu,
+    choose_torch,
+    min_driver_for_cuda,
+    parse_nvidia_smi,
+    query_gpus,
+)
+
 Status = Literal["pass", "warn", "fail", "skip"]
-WSL_LIB = "/usr/lib/wsl/lib"
 WINDOWS_FS = ("9p", "drvfs", "virtiofs")
-# Packages that put a Linux kernel driver or its libcuda into WSL, where they shadow the Windows driver's one.
+# Packages that put a Linux kernel driver, its libcuda or its nvidia-smi into WSL, where they shadow the Windows
+# driver's. `cuda` and `cuda-12-6`-style meta packages pull the driver in through cuda-drivers / cuda-runtime-*;
+# the toolkit alone (cuda-toolkit-12-6) is harmless.
 LINUX_DRIVER_PACKAGES = re.compile(
     r"^(nvidia-driver-\S+|nvidia-dkms-\S+|nvidia-kernel-\S+|libnvidia-compute-\S+|nvidia-utils-\S+|"
-    r"cuda-drivers(-\S+)?|nvidia-open(-\S+)?|xserver-xorg-video-nvidia-\S+|nvidia-driver|nvidia-open-kernel-dkms)$"
+    r"cuda-drivers(-\S+)?|nvidia-open(-\S+)?|xserver-xorg-video-nvidia-\S+|nvidia-driver|nvidia-open-kernel-dkms|"
+    r"cuda|cuda-\d+-\d+|cuda-runtime-\d+-\d+|libcuda1|nvidia-smi)$"
 )
 
 
@@ -45,23 +57,6 @@ class Check:
     status: Status
     detail: str
     hint: str = ""
-
-
-@dataclass(frozen=True)
-class Gpu:
-    """One row of `nvidia-smi --query-gpu=...`."""
-
-    index: int
-    name: str
-    compute_cap: tuple[int, int] | None
-    memory_total_mib: int
-    memory_used_mib: int
-    driver_version: str
-
-    @property
-    def driver_major(self) -> int:
-        match = re.match(r"(\d+)", self.driver_version)
-        return int(match.group(1)) if match else 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +84,8 @@ class Facts:
     nvidia_smi_on_path: bool = False
     nvidia_smi_csv: str | None = None
     nvidia_smi_error: str | None = None
+    nvidia_smi_failures: tuple[tuple[str, str], ...] = ()  # every nvidia-smi that failed, in the order tried
+    wsl_signs: tuple[str, ...] = ()  # WSL_DISTRO_NAME, /run/WSL, the WSLInterop binfmt entry: what says "WSL"
     dpkg: str | None = None
     libcuda_copies: tuple[str, ...] = ()
     meminfo_kib: Mapping[str, int] = field(default_factory=dict)
@@ -111,13 +108,15 @@ class Facts:
             return "macos"
         if self.system != "Linux":
             return "other"
-        text = self.proc_version
-        if "microsoft" not in text.lower() and "wsl" not in text.lower():
-            return "linux"
-        # WSL2 kernels: "...-microsoft-standard-WSL2"; WSL1 reports a 4.4.0-NNNNN-Microsoft fake kernel.
-        if "wsl2" in text.lower() or "microsoft-standard" in text.lower():
+        text = self.proc_version.lower()
+        # WSL1 has no kernel of its own: it reports a fixed 4.4.0-<Windows build>-Microsoft.
+        if re.search(r"linux version 4\.4\.0-\d+-microsoft", text):
+            return "wsl1"
+        # WSL2 kernels say "...-microsoft-standard-WSL2"; a custom WSL2 kernel may not, but the WSL environment
+        # variable, /run/WSL and the Windows-interop binfmt entry are there all the same.
+        if "microsoft" in text or "wsl" in text or self.wsl_signs:
             return "wsl2"
-        return "wsl1"
+        return "linux"
 
     @property
     def is_wsl(self) -> bool:
@@ -133,7 +132,8 @@ class Facts:
         names = []
         for line in self.dpkg.splitlines():
             parts = line.split("\t")
-            if len(parts) >= 2 and parts[1].startswith("ii"):
+            # db:Status-Abbrev: wanted action, then the state; "i" second means installed ("ii", "hi" held, ...)
+            if len(parts) >= 2 and parts[1][1:2] == "i":
                 names.append(parts[0].split(":")[0])
         return names
 
@@ -142,40 +142,6 @@ class Facts:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
-
-
-def parse_nvidia_smi(text: str) -> list[Gpu]:
-    """Rows of `nvidia-smi --query-gpu=index,name,compute_cap,memory.total,memory.used,driver_version
-    --format=csv,nounits` (with its header; compute_cap may be missing on old drivers)."""
-    rows = list(csv.reader(io.StringIO(text.strip()), skipinitialspace=True))
-    if not rows:
-        return []
-    header = [re.sub(r"\s*\[.*\]$", "", h.strip()) for h in rows[0]]
-    gpus = []
-    for row in rows[1:]:
-        if len(row) != len(header):
-            continue
-        d = dict(zip(header, (c.strip() for c in row)))
-        cap = None
-        match = re.match(r"(\d+)\.(\d+)", d.get("compute_cap", ""))
-        if match:
-            cap = (int(match.group(1)), int(match.group(2)))
-
-        def mib(key: str, d: dict[str, str] = d) -> int:
-            m = re.match(r"(\d+)", d.get(key, ""))
-            return int(m.group(1)) if m else 0
-
-        gpus.append(
-            Gpu(
-                index=int(d.get("index", "0") or 0),
-                name=d.get("name", "?"),
-                compute_cap=cap,
-                memory_total_mib=mib("memory.total"),
-                memory_used_mib=mib("memory.used"),
-                driver_version=d.get("driver_version", ""),
-            )
-        )
-    return gpus
 
 
 def parse_meminfo(text: str) -> dict[str, int]:
@@ -245,53 +211,6 @@ def arch_supported(cap: tuple[int, int], arch_list: list[str]) -> bool:
     return False
 
 
-def min_driver_for_cuda(cuda: str) -> int:
-    """Smallest driver branch for a CUDA runtime (minor-version compatibility): 13.x -> 580, 12.x -> 525."""
-    major = int(cuda.split(".")[0])
-    return {11: 450, 12: 525, 13: 580}.get(major, 580 if major > 13 else 450)
-
-
-def wheel_index_for(cap: tuple[int, int] | None, driver_major: int) -> str:
-    """The PyTorch wheel index for an NVIDIA GPU, for torch 2.12+ (CUDA 12.6 legacy builds, 13.0 stable ones).
-
-    cu130 carries Turing (7.5) to Blackwell (10.x, 12.x) code and needs driver 580+; cu126 carries Maxwell to
-    Hopper (no Blackwell) and runs on 525+. ``cap`` None (an nvidia-smi too old to report it) means cu126.
-    """
-    if cap is not None and (cap >= (10, 0) or (cap >= (7, 5) and driver_major >= 580)):
-        return "cu130"  # Blackwell has no code in the cu126 build: it needs the 580+ driver either way
-    return "cu126"
-
-
-PYTORCH_INDEX = "https://download.pytorch.org/whl/"
-
-
-def torch_index_choice(nvidia_smi_csv: str | None) -> tuple[str, str]:
-    """(wheel index URL, or "" for plain PyPI; one line saying why) for the first GPU nvidia-smi lists."""
-    gpus = parse_nvidia_smi(nvidia_smi_csv) if nvidia_smi_csv else []
-    if not gpus:
-        return "", "no NVIDIA GPU found: plain PyPI (the default torch wheel; training runs on the CPU)"
-    g = gpus[0]
-    index = wheel_index_for(g.compute_cap, g.driver_major)
-    cap = f"{g.compute_cap[0]}.{g.compute_cap[1]}" if g.compute_cap else "unknown"
-    why = f"{g.name}, compute capability {cap}, driver {g.driver_version}: {index}"
-    need = min_driver_for_cuda("13.0" if index == "cu130" else "12.6")
-    if g.driver_major < need:
-        why += f" (WARNING: it needs driver {need}+; update the NVIDIA driver{' on Windows' if _in_wsl() else ''})"
-    return PYTORCH_INDEX + index, why
-
-
-def _in_wsl() -> bool:
-    return "microsoft" in _read("/proc/version").lower()
-
-
-def print_torch_index() -> None:
-    """For scripts/bootstrap.sh: print `<index URL or empty><TAB><reason>` for this machine's GPU."""
-    exe = shutil.which("nvidia-smi") or (f"{WSL_LIB}/nvidia-smi" if os.path.exists(f"{WSL_LIB}/nvidia-smi") else None)
-    csv_text = _nvidia_smi(exe)[0] if exe else None
-    url, why = torch_index_choice(csv_text)
-    print(f"{url}\t{why}")
-
-
 def _first_line(text: str, limit: int = 300) -> str:
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
     line = lines[-1] if lines else ""
@@ -311,7 +230,12 @@ def check_platform(f: Facts) -> Check:
     match = re.search(r"Linux version (\S+)", f.proc_version)
     kernel = f"kernel {match.group(1)}" if match else "kernel ?"
     if kind == "wsl2":
-        return Check("platform", "pass", f"WSL2 ({kernel})")
+        custom = (
+            ""
+            if "microsoft" in f.proc_version.lower()
+            else "; a custom kernel, recognised by " + ", ".join(f.wsl_signs)
+        )
+        return Check("platform", "pass", f"WSL2 ({kernel}{custom})")
     if kind == "linux":
         return Check("platform", "pass", f"native Linux ({kernel})")
     if kind == "wsl1":
@@ -366,8 +290,27 @@ def check_nvidia_smi(f: Facts) -> Check:
         )
         if f.is_wsl and _linux_driver_packages(f):
             hint = "remove the Linux NVIDIA driver packages inside WSL (see the check below); " + hint
-        return Check(name, "fail", f"{f.nvidia_smi} failed: {err}", hint)
+        others = [f"; {exe} failed too: {_first_line(why, 120)}" for exe, why in f.nvidia_smi_failures[1:]]
+        return Check(name, "fail", f"{f.nvidia_smi} failed: {err}" + "".join(others), hint)
     detail = f"{f.nvidia_smi} works"
+    if f.nvidia_smi_failures:
+        broken = "; ".join(f"{exe} fails: {_first_line(why, 120)}" for exe, why in f.nvidia_smi_failures)
+        if f.is_wsl:
+            # the most common WSL mistake: a Linux driver package put its own nvidia-smi (and libcuda) first
+            return Check(
+                name,
+                "fail",
+                f"{broken}; it comes before the working {f.nvidia_smi}, so `nvidia-smi` and tools that call it "
+                "see no GPU",
+                "a Linux NVIDIA driver package installed inside WSL put it there: remove the packages the 'no Linux "
+                "driver in WSL' check names (`sudo apt-get remove --purge ...`), then `wsl --shutdown` in PowerShell",
+            )
+        return Check(
+            name,
+            "warn",
+            f"{broken}; {f.nvidia_smi} works",
+            "remove the broken copy or reinstall the NVIDIA driver so that the first nvidia-smi on PATH works",
+        )
     if f.is_wsl and not f.nvidia_smi_on_path:
         return Check(
             name,
@@ -376,6 +319,17 @@ def check_nvidia_smi(f: Facts) -> Check:
             f"add `export PATH=$PATH:{WSL_LIB}` to ~/.bashrc",
         )
     return Check(name, "pass", detail)
+
+
+def _torch_fix(f: Facts, version: str) -> str:
+    """How to get a torch build that runs on this GPU and driver (the rule scripts/bootstrap.sh follows)."""
+    base = version.split("+")[0]
+    known = ".".join(base.split(".")[:2]) in TORCH_RELEASES  # else what bootstrap installs by default
+    try:
+        choice = choose_torch(base if known else TESTED_TORCH, f.gpus, wsl=f.is_wsl)
+    except UserError as exc:
+        return exc.hint or str(exc)
+    return f"re-run scripts/bootstrap.sh: it installs {choice.spec} from {choice.index_url} for this GPU and driver"
 
 
 def _linux_driver_packages(f: Facts) -> list[str]:
@@ -481,17 +435,17 @@ def check_torch(f: Facts) -> Check:
             "fail",
             detail + f" needs driver {need_driver}+, the driver is {g.driver_version}",
             ("update the NVIDIA driver on Windows" if f.is_wsl else "update the NVIDIA driver")
-            + f", or install torch from the {wheel_index_for(g.compute_cap, g.driver_major)} index",
+            + ", or "
+            + _torch_fix(f, version),
         )
     arch = list(t.get("arch_list") or [])
     if g.compute_cap and arch and not arch_supported(g.compute_cap, arch):
-        index = wheel_index_for(g.compute_cap, g.driver_major)
         return Check(
             name,
             "fail",
             detail + f" has no code for compute capability {g.compute_cap[0]}.{g.compute_cap[1]} "
             f"(arch list {' '.join(arch)})",
-            f"reinstall torch from https://download.pytorch.org/whl/{index} (scripts/bootstrap.sh does this)",
+            _torch_fix(f, version),
         )
     if not t.get("cuda_available"):
         from rwkv1c.hints import hint_for
@@ -585,7 +539,8 @@ def check_triton(f: Facts) -> Check:
         "Triton",
         "triton",
         "the fast WKV kernel needs it; without it training uses the slower PyTorch kernel",
-        "`pip install -e '.[gpu]'` in the .venv; Triton also needs a C compiler: "
+        "re-run scripts/bootstrap.sh (on a machine with an NVIDIA GPU it installs the GPU extra, pinned by "
+        "constraints-gpu.txt); Triton also needs a C compiler: "
         "`sudo apt-get install build-essential`",
     )
 
@@ -596,7 +551,8 @@ def check_fla(f: Facts) -> Check:
         "flash-linear-attention",
         "fla",
         "the fast WKV kernel; without it training uses the slower PyTorch kernel",
-        "`pip install -e '.[gpu]'` in the .venv",
+        "re-run scripts/bootstrap.sh (on a machine with an NVIDIA GPU it installs the GPU extra, pinned by "
+        "constraints-gpu.txt)",
     )
 
 
@@ -747,18 +703,13 @@ def _run(argv: list[str], timeout: float = 30) -> tuple[int, str, str] | None:
     return p.returncode, p.stdout, p.stderr
 
 
-def _nvidia_smi(exe: str) -> tuple[str | None, str | None]:
-    fields = "index,name,compute_cap,memory.total,memory.used,driver_version"
-    for query in (fields, fields.replace("compute_cap,", "")):
-        res = _run([exe, f"--query-gpu={query}", "--format=csv,nounits"])
-        if res is None:
-            return None, "cannot execute"
-        rc, out, err = res
-        if rc == 0:
-            return out, None
-        if "compute_cap" not in (out + err):
-            return None, (err or out).strip() or f"exit code {rc}"
-    return None, "nvidia-smi rejected the query"
+def wsl_signs(env: Mapping[str, str]) -> tuple[str, ...]:
+    """What marks this Linux as WSL besides its kernel name (a custom WSL2 kernel need not say "microsoft")."""
+    signs = [f"WSL_DISTRO_NAME={env['WSL_DISTRO_NAME']}"] if env.get("WSL_DISTRO_NAME") else []
+    if os.path.isdir("/run/WSL"):
+        signs.append("/run/WSL")
+    signs += sorted(glob.glob("/proc/sys/fs/binfmt_misc/WSLInterop*"))  # "WSLInterop" or "WSLInterop-late"
+    return tuple(signs)
 
 
 def _libcuda_copies() -> tuple[str, ...]:
@@ -814,7 +765,6 @@ def gather_facts(
 ) -> Facts:
     """Read the system once. ``deep`` runs the tiny CUDA ops (Triton kernels compile on first use)."""
     from rwkv1c.config import load_workspace, output_folder, workspace_root
-    from rwkv1c.errors import UserError
 
     facts = Facts(
         system=platform.system(),
@@ -829,12 +779,14 @@ def gather_facts(
         mounts=_mounts(),
         python=tuple(sys.version_info[:3]),  # type: ignore[arg-type]
     )
-    on_path = shutil.which("nvidia-smi")
-    wsl_smi = f"{WSL_LIB}/nvidia-smi"
-    facts.nvidia_smi = on_path or (wsl_smi if os.path.exists(wsl_smi) else None)
-    facts.nvidia_smi_on_path = on_path is not None
-    if facts.nvidia_smi:
-        facts.nvidia_smi_csv, facts.nvidia_smi_error = _nvidia_smi(facts.nvidia_smi)
+    facts.wsl_signs = wsl_signs(facts.env)
+    smi = query_gpus()  # every nvidia-smi on PATH and WSL's, until one lists a GPU
+    facts.nvidia_smi_failures = smi.failures
+    facts.nvidia_smi_on_path = smi.on_path
+    if smi.exe:
+        facts.nvidia_smi, facts.nvidia_smi_csv = smi.exe, smi.csv
+    elif smi.failures:
+        facts.nvidia_smi, facts.nvidia_smi_error = smi.failures[0]
     if facts.is_wsl:
         res = _run(["dpkg-query", "-W", "-f=${Package}\t${db:Status-Abbrev}\t${Version}\n"])
         facts.dpkg = res[1] if res and res[0] == 0 else None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json as jsonlib
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -453,26 +452,15 @@ BSZ_CHOICES = (1, 2, 4, 8, 16, 32)
 
 
 def detect_vram_gib() -> float | None:
-    """Total memory of GPU 0 from nvidia-smi (no torch import), or None."""
-    import shutil
-    import subprocess
+    """Total memory of GPU 0 from nvidia-smi (no torch import), or None.
 
-    exe = shutil.which("nvidia-smi") or (
-        "/usr/lib/wsl/lib/nvidia-smi" if Path("/usr/lib/wsl/lib/nvidia-smi").exists() else None
-    )
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.match(r"\s*(\d+)", out.stdout)
-    return int(match.group(1)) / 1024 if out.returncode == 0 and match else None
+    Every nvidia-smi on PATH and WSL2's own is tried until one lists a GPU: a broken Linux-driver copy first on
+    PATH (a common WSL mistake) must not hide the card.
+    """
+    from rwkv1c.machine.nvidia import query_gpus
+
+    gpus = query_gpus().gpus
+    return gpus[0].memory_total_mib / 1024 if gpus else None
 
 
 def fit_table(

@@ -118,7 +118,7 @@ def run_one(
     torch._dynamo.reset()
     model = random_model(p.n_layer, p.n_embd, "cuda")
     n_nonemb = sum(t.numel() for n, t in model.named_parameters() if n != "emb.weight")
-    use = use_cuda_graphs(cfg.cuda_graphs, "cuda", 1, cfg.quant, 0.0)
+    use = use_cuda_graphs(cfg.cuda_graphs, "cuda", 1, cfg.quant, 0.0, mb * ctx)
     model, _ = build_model(model, cfg, "cuda", graphs=use)  # as `rwkv1c train` builds it: quantisation, LoRA, COMPILE
     loss_module = build_loss_module(model, grad_ckpt, keep_rng=False)
     trainable = [t for t in model.parameters() if t.requires_grad]
@@ -138,10 +138,13 @@ def run_one(
         optimizer.zero_grad(set_to_none=not runner.captured)
         return loss
 
+    torch.cuda.synchronize()
+    # the peak from the first step on: a captured graph's activations live in its pool, which the allocator
+    # counts while it is built (warm-up and capture) but no longer once the graph exists
+    torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         loss = step()
     torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(steps):
         loss = step()

@@ -344,7 +344,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     grad_ckpt: bool = False
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the block elementwise ops; auto: on a GPU
-    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay each step from a CUDA graph; auto: one GPU, not int8
+    # replay each step from a CUDA graph; auto: one GPU, micro-batches of at most 8192 tokens, not int8
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
 
     def validate(self) -> list[str]:

@@ -217,7 +217,8 @@ def open_run(spec: RunSpec, dist: DistInfo, log: RunLog) -> Run:
     val_windows = validation_windows(val_docs, cfg.ctx_len, cfg.val_max_windows) if val_docs else []
 
     base_sha = file_sha256(spec.model) if dist.is_main else ""
-    graphs = use_cuda_graphs(cfg.cuda_graphs, spec.device, dist.world, cfg.quant, cfg.lora_dropout)
+    graphs = use_cuda_graphs(cfg.cuda_graphs, spec.device, dist.world, cfg.quant, cfg.lora_dropout,
+                             cfg.micro_bsz * cfg.ctx_len)  # fmt: skip
     base = load_base(spec.model, precision, full=cfg.method == "full")
     model, extra_keys = build_model(base, cfg, dist.device, graphs=graphs)
     from rwkv1c.train.loss import build_loss_module

@@ -173,7 +173,7 @@ def test_resume_after_ctrl_c_or_kill_equals_an_uninterrupted_run(assets: dict[st
     # dropout on, so the restored RNG matters; 9 steps cross two epochs (4 steps each)
     common = dict(max_steps=9, save_every=3, lora_dropout=0.1, warmup_steps=2, val_fraction=0.2, val_every=4)
     whole = start(assets, "whole", **common)
-    fit(whole)
+    whole_result = fit(whole)
 
     def ctrl_c_at_5(step: int) -> None:
         if step == 5:
@@ -198,7 +198,8 @@ def test_resume_after_ctrl_c_or_kill_equals_an_uninterrupted_run(assets: dict[st
             runs_dir=assets["root"] / "runs",
             resume=True,
         )
-        fit(resumed)
+        result = fit(resumed)
+        assert result["first_loss"] == whole_result["first_loss"]  # the run's first loss, not the resumed one
         a, b = adapter_of(whole.run_dir), adapter_of(spec.run_dir)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
         assert losses(spec.run_dir) == losses(whole.run_dir), name

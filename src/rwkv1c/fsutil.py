@@ -74,3 +74,20 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def output_folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why files cannot be written at `path` (its folder, made if need be), or None when they can.
+
+    Checked before a long job starts: the nearest existing ancestor must be a folder this user may write
+    into (a parent that is a file, or a read-only folder, would only fail at the end).
+    """
+    folder = Path(path).parent
+    ancestor = folder
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, so {folder} cannot be made"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"no permission to write into {ancestor}"
+    return None

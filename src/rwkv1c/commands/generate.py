@@ -55,8 +55,15 @@ def read_prompts(path: Path, base: SamplingParams) -> list[tuple[dict[str, Any],
         raise UserError(f"prompts file not found: {path}")
     items: list[tuple[dict[str, Any], SamplingParams]] = []
     problems: list[str] = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a file saved by Windows Notepad
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(f"line {lineno}: invalid UTF-8 (byte {exc.start + 1} of the line)")
+                continue
             if not line.strip():
                 continue
             try:
@@ -66,6 +73,9 @@ def read_prompts(path: Path, base: SamplingParams) -> list[tuple[dict[str, Any],
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
                 problems.append(f'line {lineno}: expected an object with a "prompt" string')
+                continue
+            if (bad := text_problem(obj["prompt"])) is not None:
+                problems.append(f'line {lineno}: "prompt" {bad}')
                 continue
             changes: dict[str, Any] = {}
             for key, tp in OVERRIDES.items():
@@ -99,6 +109,28 @@ def read_prompts(path: Path, base: SamplingParams) -> list[tuple[dict[str, Any],
     return items
 
 
+def text_problem(text: str) -> str | None:
+    """What makes `text` unusable as a prompt (a lone surrogate: undecodable bytes on the command line, or a
+    JSON escape such as \\ud800), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"is not valid text: character {exc.start + 1} is a lone surrogate ({text[exc.start]!r})"
+    return None
+
+
+def read_stdin() -> str:
+    """The prompt from standard input, which must be UTF-8 (checked before any model is loaded)."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"the prompt on standard input is not UTF-8 (byte {exc.start + 1} of {len(data)})",
+            hint="convert it first, e.g. `iconv -f cp1251 -t utf-8 FILE | rwkv1c generate --prompt - ...`",
+        ) from None
+
+
 def format_prompt(text: str, chat: bool) -> str:
     if not chat:
         return text
@@ -110,14 +142,35 @@ def format_prompt(text: str, chat: bool) -> str:
         raise UserError(f"cannot use this prompt in the chat format: {exc}") from None
 
 
-def stream_one(engine: Engine, text: str, params: SamplingParams, out: IO[str]) -> Any:
-    """Generate for one prompt, writing the text to `out` as it appears (flushed per piece)."""
+LONG_PROMPT = 2048  # tokens: a prompt this long is announced before it is read (it can take seconds)
 
-    def write(_: int, delta: str) -> None:
+
+def stream_one(engine: Engine, text: str, params: SamplingParams, out: IO[str]) -> Any:
+    """Generate for one prompt, writing the text to `out` as it appears (flushed per piece). The reading of
+    the prompt and the generation are timed apart, so neither rate hides in the other."""
+    import torch
+
+    ids = engine.encode(text)
+    if len(ids) >= LONG_PROMPT:
+        print(f"reading the prompt ({len(ids):,} tokens) ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    state, logits = engine.prefill(ids)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()
+    read_s = time.perf_counter() - t0
+    print(f"prompt: {len(ids):,} tokens in {read_s:.1f} s ({len(ids) / max(read_s, 1e-9):,.0f} tokens/s)",
+          file=sys.stderr)  # fmt: skip
+
+    def write(delta: str) -> None:
         out.write(delta)
         out.flush()
 
-    (completion,) = engine.generate([text], params, on_text=write)
+    t1 = time.perf_counter()
+    completion = engine.generate_from(state, [], params, logits=logits, on_text=write)
+    gen_s, made = time.perf_counter() - t1, len(completion.token_ids)
+    if getattr(out, "isatty", lambda: False)():
+        out.write("\n")
+    print(f"generated {made} tokens in {gen_s:.1f} s ({made / max(gen_s, 1e-9):.1f} tokens/s)", file=sys.stderr)
     return completion
 
 
@@ -227,7 +280,9 @@ def generate(
         params = params.for_chat()
     items = read_prompts(prompts, params) if prompts is not None else None
     if prompt == "-":
-        prompt = sys.stdin.read()
+        prompt = read_stdin()
+    if prompt is not None and (bad := text_problem(prompt)) is not None:
+        raise UserError(f"--prompt {bad}", hint="pass the prompt as UTF-8 text")
     engine = setup(model, adapter, device=device, dtype=dtype, max_batch=batch_size, quant=quant)
     t0 = time.perf_counter()
     if output is not None:
@@ -237,10 +292,9 @@ def generate(
             made = main(engine, prompt, items, params, chat, f)
     else:
         made = main(engine, prompt, items, params, chat, sys.stdout)
-        if items is None and sys.stdout.isatty():
-            sys.stdout.write("\n")
-    dt = time.perf_counter() - t0
-    print(f"generated {made} tokens in {dt:.1f} s ({made / max(dt, 1e-9):.1f} tokens/s)", file=sys.stderr)
+    if items is not None:  # (one prompt reports its reading and its generation apart, as it goes)
+        dt = time.perf_counter() - t0
+        print(f"generated {made} tokens in {dt:.1f} s ({made / max(dt, 1e-9):.1f} tokens/s)", file=sys.stderr)
     return 0
 
 

@@ -101,6 +101,7 @@ def train(
         force=force,
         wandb=wandb,
     )
+    check_inputs(spec)
     if spec.devices > 1 and not launched_by_torchrun():
         return relaunch(spec.devices, torchrun_args(spec))
     if rank() == 0:
@@ -157,3 +158,21 @@ def torchrun_args(spec: RunSpec) -> list[str]:
     if spec.wandb:
         args += ["--wandb", spec.wandb]
     return args
+
+
+def check_inputs(spec: RunSpec) -> None:
+    """Before anything is loaded: the step must fit in RAM when training on the CPU, and a window longer
+    than the whole training set is worth a note (most of every window would be padding)."""
+    from rwkv1c.data.documents import open_documents
+    from rwkv1c.machine.memory import available_ram_gib, check_cpu_training_fits, shape_from_checkpoint
+
+    cfg = spec.cfg
+    if spec.device == "cpu":
+        check_cpu_training_fits(shape_from_checkpoint(spec.model), cfg.ctx_len, cfg.micro_bsz, available_ram_gib())
+    total = int(open_documents(spec.data).lengths().sum())
+    if total < cfg.ctx_len:
+        print(
+            f"note: one window ({cfg.ctx_len} tokens) is longer than the whole training set ({total} tokens); "
+            f"--ctx-len {max(64, 1 << (total - 1).bit_length())} wastes less",
+            file=sys.stderr,
+        )

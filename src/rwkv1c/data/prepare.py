@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rwkv1c.errors import UserError, raise_all
+from rwkv1c.fsutil import output_folder_problem
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,6 +121,8 @@ def setup(input: Path, output: str, *, skip_bad: bool = False, workers: int = 2)
                 problems.append(f"input {input} is a binary file, not JSONL text (one JSON object per line)")
     if not output or output.endswith(("/", os.sep)) or Path(output).is_dir():
         problems.append(f"--output {output!r} must be a file prefix such as data/bsl, not a folder")
+    elif (why := output_folder_problem(output)) is not None:
+        problems.append(f"--output {output}: {why}")
     if workers < 1:
         problems.append(f"--workers must be at least 1, got {workers}")
     raise_all(problems, "cannot prepare the dataset", hint="usage: rwkv1c prepare INPUT.jsonl --output data/NAME")
@@ -356,7 +359,7 @@ def run(settings: PrepareSettings, *, progress: bool = True) -> PrepareStats:
     """Tokenise ``settings.input`` into the dataset ``settings.prefix``; returns the statistics."""
     import numpy as np
 
-    from rwkv1c.data.binidx import BinIdxReader, BinIdxWriter, dataset_paths
+    from rwkv1c.data.binidx import BinIdxReader, dataset_paths
 
     started = time.perf_counter()
     stats = PrepareStats(prefix=settings.prefix)
@@ -364,7 +367,31 @@ def run(settings: PrepareSettings, *, progress: bool = True) -> PrepareStats:
     total = settings.input.stat().st_size
     bar = _progress_bar(total, progress)
     results = _ordered(tasks, settings)
-    # The writer renames its files into place only if this block ends without an exception.
+    try:
+        _write(settings, stats, tasks, bar, results)
+    except OSError as exc:  # the folder went read-only, the disk filled up: nothing was written
+        raise UserError(
+            f"cannot write the dataset {settings.prefix}: {exc.strerror or exc}; nothing was written",
+            hint="free disk space or choose another --output folder",
+        ) from None
+    reader = BinIdxReader(settings.prefix)
+    stats.documents, stats.tokens, stats.has_mask = len(reader), reader.total_tokens, reader.has_mask
+    sizes = reader.sizes
+    stats.length_summary = {
+        "min": int(sizes.min()),
+        "median": int(np.median(sizes)),
+        "p95": int(np.percentile(sizes, 95)),
+        "max": int(sizes.max()),
+    }
+    stats.output_bytes = sum(p.stat().st_size for p in dataset_paths(settings.prefix) if p.is_file())
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _write(settings: PrepareSettings, stats: PrepareStats, tasks: _Reader, bar: Any, results: Any) -> None:
+    """Stream the tokenised batches into the dataset files (renamed into place only if all goes well)."""
+    from rwkv1c.data.binidx import BinIdxWriter
+
     with BinIdxWriter(settings.prefix) as writer, bar, contextlib.closing(results):
         for result in results:
             bar.update(result.bytes)
@@ -388,18 +415,6 @@ def run(settings: PrepareSettings, *, progress: bool = True) -> PrepareStats:
                 f"no documents in {settings.input}: {reason}",
                 hint='each line must be a JSON object such as {"text": "..."}',
             )
-    reader = BinIdxReader(settings.prefix)
-    stats.documents, stats.tokens, stats.has_mask = len(reader), reader.total_tokens, reader.has_mask
-    sizes = reader.sizes
-    stats.length_summary = {
-        "min": int(sizes.min()),
-        "median": int(np.median(sizes)),
-        "p95": int(np.percentile(sizes, 95)),
-        "max": int(sizes.max()),
-    }
-    stats.output_bytes = sum(p.stat().st_size for p in dataset_paths(settings.prefix) if p.is_file())
-    stats.seconds = time.perf_counter() - started
-    return stats
 
 
 def format_summary(stats: PrepareStats) -> str:

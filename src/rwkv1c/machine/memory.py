@@ -676,3 +676,51 @@ def inference_settings(model: Path, quant: Quant | None, max_batch: int, device:
     if device != "cpu" and Path(model).is_file():
         check_inference_fits(Path(model), chosen, max_batch, quant_head=ws.quant_head)
     return chosen, ws.quant_head
+
+
+# ---------------------------------------------------------------------------------------------- CPU training
+
+CPU_ACT_BYTES = 1100.0  # host bytes per token, unit of width and layer of a CPU (fp32, chunked WKV) step
+CPU_FIXED_GIB = 1.0  # the interpreter, torch, the tokenizer
+
+
+def cpu_training_gib(cfg: ModelConfig, tokens: int, logit_positions: int = 1024) -> float:
+    """Predicted host RAM of one CPU training step: fp32 weights, activations of `tokens` (micro_bsz x
+    ctx_len) tokens through every layer, one cross-entropy chunk's logits (measured on x86-64: about 1,100
+    bytes per token, unit of width and layer, the chunked WKV's pair tensors most of it)."""
+    activations = tokens * cfg.n_embd * cfg.n_layer * CPU_ACT_BYTES
+    logits = min(tokens, logit_positions) * cfg.vocab_size * 4 * 3
+    return CPU_FIXED_GIB + (cfg.n_params * 4 + activations + logits) / GIB
+
+
+def available_ram_gib() -> float | None:
+    """MemAvailable of /proc/meminfo in GiB (Linux and WSL2), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_cpu_training_fits(cfg: ModelConfig, ctx_len: int, micro_bsz: int, available: float | None) -> None:
+    """Before CPU training: a clear message, with a context length that fits, when the step would not fit in
+    the free RAM (the kernel's out-of-memory killer gives no message at all)."""
+    if available is None:
+        return
+    need = cpu_training_gib(cfg, ctx_len * micro_bsz)
+    if need <= 0.9 * available:
+        return
+    fits = [
+        c
+        for c in (16384, 8192, 4096, 2048, 1024, 512, 256, 128)
+        if cpu_training_gib(cfg, c * micro_bsz) <= 0.9 * available
+    ]
+    raise UserError(
+        f"training on the CPU with ctx_len {ctx_len} and micro_bsz {micro_bsz} needs about {need:.1f} GiB of RAM, "
+        f"but {available:.1f} GiB are available",
+        hint=(f"use --ctx-len {fits[0]} or less" if fits else "use a smaller model")
+        + " (memory grows with ctx_len x micro_bsz), or train on a GPU; under WSL2 more RAM can be given to Linux "
+        "in %UserProfile%\\.wslconfig",
+    )

@@ -184,3 +184,24 @@ def test_plan_inference_says_which_quantisation_fits_a_card(capsys: pytest.Captu
     plan(model="rwkv7-7.2b", inference=True, vram=12.0, quant="int8")
     text = capsys.readouterr().out
     assert "--quant int8" in text and "!" in text.split("int8")[-1]
+
+
+def test_serve_runs_quantised(tiny_pth: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve --quant int8`: the engine behind the API holds int8 block linears and answers requests."""
+    import openai
+
+    from rwkv1c.commands.serve import setup
+    from rwkv1c.infer.api import Limits
+    from rwkv1c.infer.server import ServerSettings
+
+    limits, settings = Limits(64, 8, 64), ServerSettings(quiet=True)
+    server = setup(tiny_pth, None, [], model_name="q", host="127.0.0.1", port=0, max_batch=2, device="cpu",
+                   dtype="auto", quant="int8", limits=limits, settings=settings)  # fmt: skip
+    assert "block linears int8" in capsys.readouterr().err
+    host, port = server.start()
+    try:
+        client = openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key="x", max_retries=0, timeout=60)
+        done = client.completions.create(model="q", prompt="Процедура", max_tokens=4, temperature=0)
+        assert done.usage is not None and done.usage.completion_tokens >= 1
+    finally:
+        server.stop()

@@ -6,12 +6,13 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from rwkv1c.errors import UserError, raise_all
 from rwkv1c.model.loader import Device, DType
 
 if TYPE_CHECKING:
+    from rwkv1c.config import Quant
     from rwkv1c.infer.api import Limits
     from rwkv1c.infer.server import Server, ServerSettings
 
@@ -34,6 +35,7 @@ def serve(
     shutdown_timeout: float = 10.0,
     device: Device = "auto",
     dtype: DType = "auto",
+    quant: Literal["none", "int8", "nf4"] | None = None,
 ) -> int:
     """Serve the model over an OpenAI-compatible HTTP API (for editor plugins and scripts).
 
@@ -64,6 +66,8 @@ def serve(
         shutdown_timeout: on Ctrl-C / SIGTERM, seconds requests in flight get to finish before they are cancelled.
         device: where to run: auto (CUDA when available), cpu or cuda.
         dtype: weights' precision: auto (fp16 on CUDA, fp32 on CPU), fp16, bf16 or fp32.
+        quant: store the large matrices in int8 or nf4 (less memory; `rwkv1c plan --inference` says what
+            fits); default: QUANT of configs/workspace.env (none).
     """
     problems = []
     if not 0 <= port <= 65535:
@@ -89,7 +93,7 @@ def serve(
     settings = ServerSettings(api_key=api_key, max_queue=max_queue, request_timeout=request_timeout,
                               keep_alive=keep_alive, shutdown_timeout=shutdown_timeout)  # fmt: skip
     server = setup(model, single, named, model_name=model_name, host=host, port=port, max_batch=max_batch,
-                   device=device, dtype=dtype, limits=limits, settings=settings)  # fmt: skip
+                   device=device, dtype=dtype, quant=quant, limits=limits, settings=settings)  # fmt: skip
     return run(server, host, api_key)
 
 
@@ -114,13 +118,17 @@ def adapter_setup(
 
 def setup(
     model: Path, single: Path | None, named: list[tuple[str, Path]], *, model_name: str | None, host: str, port: int,
-    max_batch: int, device: Device, dtype: DType, limits: Limits, settings: ServerSettings,
+    max_batch: int, device: Device, dtype: DType, quant: Quant | None, limits: Limits, settings: ServerSettings,
 ) -> Server:  # fmt: skip
-    """Load the engine and bind the port (both report problems as UserError)."""
+    """Check that the model fits, load the engine and bind the port (problems reported as UserError)."""
     from rwkv1c.infer.engine import describe, load_engine
     from rwkv1c.infer.server import Server, model_name_for
+    from rwkv1c.machine.memory import inference_settings
+    from rwkv1c.model.loader import resolve_device
 
-    engine = load_engine(model, single, adapters=named, device=device, dtype=dtype, max_batch=max_batch)
+    chosen, head = inference_settings(model, quant, max_batch, resolve_device(device))
+    engine = load_engine(model, single, adapters=named, device=device, dtype=dtype, max_batch=max_batch,
+                         quant=chosen, quantize_head=head)  # fmt: skip
     print(describe(engine), file=sys.stderr)
     name = model_name or model_name_for(model, single)
     aliases = [] if model_name or single else [Path(model).stem]  # runs/NAME/merged.pth also answers "merged"

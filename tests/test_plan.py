@@ -267,3 +267,24 @@ def test_plan_refit_command_checks_its_arguments(tmp_path: Path) -> None:
         plan_verb(save=True)
     with pytest.raises(UserError, match="not found"):
         plan_verb(refit=tmp_path / "none.json")
+
+
+def test_the_inference_plan_matches_the_measured_peaks() -> None:
+    """bench/decode.py's peaks on an H200 (decode and a 4096-token prefill, per quantisation) against
+    `inference_estimate`: within 10%, never below the measurement by more than 2% (a plan that says a
+    model fits when it does not is the costly mistake)."""
+    import json
+
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    sizes = {"1.5b": (ModelConfig(24, 2048), 16), "7.2b": (ModelConfig(32, 4096), 1)}
+    checked = 0
+    for name in ("decode_quant_1.5b.json", "decode_quant_7.2b.json"):
+        for key, row in json.loads((results / name).read_text(encoding="utf-8"))["sizes"].items():
+            size, _, quant = key.partition("-")
+            cfg, batch = sizes[size]
+            peaks = [r["peak_mem_gib"] for part in ("decode", "prefill") for r in row[part].values()]
+            measured = max(peaks)
+            predicted = p.inference_estimate(cfg, quant or "none", batch).peak_gib
+            assert -0.02 < (predicted - measured) / measured < 0.10, (key, measured, predicted)
+            checked += 1
+    assert checked == 5

@@ -576,8 +576,10 @@ def make_plan(
 # Bytes per parameter of the stored block linears at inference: fp16; int8 with one fp32 scale per output
 # channel; NF4 with double-quantised block scales (bitsandbytes: 64-value blocks).
 INFERENCE_BYTES = {"none": 2.0, "int8": 1.0, "nf4": 0.5 + 1 / 64 + 4 / (64 * 256)}
-PREFILL_ACT_BYTES = 48.0  # live activation bytes per prefill token and unit of width (one layer at a time, fp16)
-INFERENCE_FIXED_GIB = 0.35  # cuBLAS / Triton workspaces, the decode graphs' pools, the tokenizer's tables
+# live bytes per prefill token and unit of width (one layer at a time: the projections, fla's chunk states,
+# the FFN's hidden layer); fitted to H200 peaks of 1.5B (4096 tokens a call) and 7.2B (2048 a call)
+PREFILL_ACT_BYTES = 190.0
+INFERENCE_FIXED_GIB = 0.1  # cuBLAS / Triton workspaces
 
 
 @dataclass(frozen=True)
@@ -603,12 +605,17 @@ def inference_estimate(
     other = cfg.n_params - cfg.linear_params - head
     state = cfg.n_layer * (2 * cfg.n_embd * 2 + cfg.n_head * cfg.head_size**2 * 4)  # shifts fp16, WKV fp32
     prefill = prefill_budget(cfg.n_embd, "cuda")
+    widest = max(cfg.d_decay, cfg.d_aaa, cfg.d_mv, cfg.d_gate)
     terms = {
         "weights": cfg.linear_params * INFERENCE_BYTES[quant] + other * 2.0,
         "head": head * (INFERENCE_BYTES[quant] if quant_head else 2.0),
+        # the fused decode step's stacked copies of the four low-rank paths, padded to the widest
+        "decoder": float(cfg.n_layer * 2 * 4 * cfg.n_embd * widest * 2),
         "state": float(batch * state),
         "logits": float(batch * cfg.vocab_size * 4 * 3),  # the slot logits, sampling's probabilities and sort
         "prefill": float(prefill * cfg.n_embd * PREFILL_ACT_BYTES),
+        # a quantised matrix read by many tokens at once is dequantised to fp16 first (two copies in flight)
+        "dequant": float(2 * cfg.largest_linear * 2) if quant != "none" else 0.0,
         "fixed": INFERENCE_FIXED_GIB * GIB,
     }
     peak = sum(terms.values()) / GIB

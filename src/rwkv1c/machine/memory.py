@@ -35,6 +35,9 @@ from rwkv1c.train.loss import CE_CHUNK
 
 GIB = 2**30
 DEFAULT_LORA_R = 32
+# a step replayed from a CUDA graph peaked 6-12% above the eager step on an H200 (1.5B, ctx 1024 / 4096)
+GRAPH_ACT_SHARE = 0.12
+GRAPH_FIXED_GIB = 0.1
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "assets" / "vram_calibration.json"
 
 
@@ -95,6 +98,7 @@ class RunShape:
     lora_targets: tuple[str, ...] = BLOCK_LINEARS
     train_extra: tuple[str, ...] = ()
     full: bool = False  # METHOD=full: every parameter trains (fp32 weight, grad, Adam m and v)
+    graphs: bool = False  # the step is replayed from a CUDA graph (CUDA_GRAPHS)
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,8 @@ def estimate(
     feats = _features(shape, run)
     vec = _coef_vector(coeffs)
     terms = {name: feats[name] * vec[name] for name in feats}
+    if run.graphs:  # the captured step's pool and fixed buffers, above what the eager step frees as it goes
+        terms["graph"] = GRAPH_ACT_SHARE * (terms["act"] + terms["ckpt"] + terms["int8_act"]) + GRAPH_FIXED_GIB * GIB
     peak = sum(terms.values()) / GIB
     ckpt_bytes = checkpoint_bytes if checkpoint_bytes else shape.n_params * 2.0
     return Estimate(
@@ -201,17 +207,26 @@ class ProfileInfo:
     lora_targets: tuple[str, ...] = BLOCK_LINEARS
     train_extra: tuple[str, ...] = ()
     full: bool = False
+    cuda_graphs: str = "auto"
+    lora_dropout: float = 0.0
 
     def run(self, ctx_len: int | None = None, micro_bsz: int | None = None, grad_ckpt: bool | None = None) -> RunShape:
+        """The configuration on one GPU, replayed from a CUDA graph where CUDA_GRAPHS would replay it."""
+        from rwkv1c.train.step import use_cuda_graphs
+
+        ctx = self.ctx_len if ctx_len is None else ctx_len
+        bsz = self.micro_bsz if micro_bsz is None else micro_bsz
+        graphs = use_cuda_graphs(self.cuda_graphs, "cuda", 1, self.quant, self.lora_dropout, ctx * bsz)
         return RunShape(
             self.quant,
-            self.ctx_len if ctx_len is None else ctx_len,
-            self.micro_bsz if micro_bsz is None else micro_bsz,
+            ctx,
+            bsz,
             self.grad_ckpt if grad_ckpt is None else grad_ckpt,
             self.lora_r,
             self.lora_targets,
             self.train_extra,
             self.full,
+            graphs,
         )
 
 
@@ -239,6 +254,8 @@ def resolve_profile(name: str, root: Path | None = None) -> ProfileInfo:
         lora_targets=tuple(cfg.lora_targets),
         train_extra=tuple(cfg.train_extra),
         full=cfg.method == "full",
+        cuda_graphs=cfg.cuda_graphs,
+        lora_dropout=cfg.lora_dropout,
     )
 
 
@@ -332,7 +349,8 @@ def _row_inputs(row: Measured, root: Path | None) -> tuple[ModelConfig, RunShape
     prof = resolve_profile(row.profile, root)
     if row.lora_r:
         prof = replace(prof, lora_r=row.lora_r)
-    return info.shape, prof.run(row.ctx_len, row.micro_bsz, row.grad_ckpt)
+    # the measured table (train_vram.json) is of eager steps
+    return info.shape, replace(prof.run(row.ctx_len, row.micro_bsz, row.grad_ckpt), graphs=False)
 
 
 def compare(
@@ -509,6 +527,7 @@ _NAMES = {
     "logit": "logits + loss",
     "dequant": "dequant buffer",
     "fixed": "workspaces",
+    "graph": "CUDA graph's pool",
 }
 
 

@@ -305,10 +305,15 @@ def announce(run: Run) -> None:
     cfg, spec, model = run.cfg, run.spec, run.model
     n_lora = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" in n)
     n_extra = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n)
+    what = (
+        f"every parameter trained ({n_extra / 1e6:.2f}M)"
+        if cfg.method == "full"
+        else f"quant {cfg.quant}, r {cfg.lora_r}, alpha {cfg.lora_alpha}, "
+        f"{n_lora / 1e6:.2f}M LoRA + {n_extra / 1e6:.2f}M extra trainable parameters"
+    )
     run.log.info(
         f"run {spec.run_dir.name}: {spec.model.name} ({model.config.n_layer} layers, width {model.config.n_embd}), "
-        f"profile {spec.profile} (quant {cfg.quant}, r {cfg.lora_r}, alpha {cfg.lora_alpha}), "
-        f"{n_lora / 1e6:.2f}M LoRA + {n_extra / 1e6:.2f}M extra trainable parameters"
+        f"profile {spec.profile}: {what}"
     )
     plan, n_val = run.plan, len(run.val_docs) if run.val_docs else 0
     run.log.info(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
 from rwkv1c.errors import UserError
-from rwkv1c.infer.sampling import DEFAULTS
+from rwkv1c.infer.sampling import DEFAULTS, from_flags
 from rwkv1c.model.loader import Device, DType
 
 if TYPE_CHECKING:
@@ -124,8 +124,7 @@ def chat(
         quant: store the large matrices in int8 or nf4 (less memory; `rwkv1c plan --inference` says what
             fits); default: QUANT of configs/workspace.env (none).
     """
-    import dataclasses
-
+    flags = dict(locals())
     from rwkv1c.infer.chat import ChatSession
     from rwkv1c.infer.engine import describe, load_engine
     from rwkv1c.model.adapter import prompt_format, read_adapter_config
@@ -138,17 +137,7 @@ def chat(
             "follow the chat format (`rwkv1c generate --prompt CODE` continues code instead)",
             file=sys.stderr,
         )
-    params = dataclasses.replace(
-        DEFAULTS,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-        penalty_decay=penalty_decay,
-        seed=seed,
-    ).checked()
+    params = from_flags(flags)
     from rwkv1c.machine.memory import inference_settings
     from rwkv1c.model.loader import resolve_device
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from rwkv1c.errors import UserError
-from rwkv1c.infer.sampling import DEFAULTS
+from rwkv1c.infer.sampling import DEFAULTS, from_flags
 from rwkv1c.model.loader import Device, DType
 
 if TYPE_CHECKING:
@@ -263,19 +263,8 @@ def generate(
         problems.append("--chat ends every reply at the turn's end, a blank line: drop --no-blank-line-stop")
     if problems:
         raise UserError("; ".join(problems))
-    params = dataclasses.replace(
-        DEFAULTS,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        presence_penalty=presence_penalty,
-        frequency_penalty=frequency_penalty,
-        penalty_decay=penalty_decay,
-        stop=tuple(unescape(s) for s in stop or ()),
-        stop_at_blank_line=blank_line_stop,
-        seed=seed,
-    ).checked()
+    flags = {**locals(), "stop": tuple(unescape(s) for s in stop or ()), "stop_at_blank_line": blank_line_stop}
+    params = from_flags(flags)
     if chat:
         params = params.for_chat()
     items = read_prompts(prompts, params) if prompts is not None else None

@@ -110,6 +110,13 @@ class SamplingParams:
 DEFAULTS = SamplingParams()  # the one set of defaults: the commands' flags show and use these values
 
 
+def from_flags(flags: dict[str, object]) -> SamplingParams:
+    """SamplingParams from a command's flags (a mapping of its arguments; those named like a field are
+    taken), every invalid one reported at once as its flag."""
+    fields = {f.name for f in dataclasses.fields(SamplingParams)}
+    return dataclasses.replace(DEFAULTS, **{k: v for k, v in flags.items() if k in fields}).checked()  # type: ignore[arg-type]
+
+
 def new_rng(seed: int | None) -> random.Random:
     """The per-sequence source of uniform draws."""
     return random.Random(seed if seed is not None else random.SystemRandom().getrandbits(63))

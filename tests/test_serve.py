@@ -269,7 +269,23 @@ def test_serve_reports_every_bad_setting_at_once(tiny_pth: Path) -> None:
 
     with pytest.raises(UserError) as exc:
         serve(model=tiny_pth, port=70000, max_tokens=300, max_tokens_cap=200, max_queue=-1, request_timeout=0,
-              adapter=["a=x", "a=y"])  # fmt: skip
+              prefix_cache_mb=-1, adapter=["a=x", "a=y"])  # fmt: skip
     text = str(exc.value)
-    for part in ("--port", "above --max-tokens-cap", "--max-queue", "--request-timeout", "answer to a"):
+    for part in ("--port", "above --max-tokens-cap", "--max-queue", "--prefix-cache-mb", "--request-timeout",
+                 "answer to a"):  # fmt: skip
         assert part in text, part
+
+
+@pytest.mark.parametrize("mb", [0.0, 1.5])
+def test_serve_prefix_cache_setting_reaches_the_engine(tiny_pth: Path, mb: float) -> None:
+    from rwkv1c.commands.serve import setup
+    from rwkv1c.infer.api import Limits
+    from rwkv1c.infer.server import ServerSettings
+
+    srv = setup(tiny_pth, None, [], model_name=None, host="127.0.0.1", port=0, max_batch=2, prefix_cache_mb=mb,
+                device="cpu", dtype="fp32", quant="none", limits=Limits(), settings=ServerSettings())  # fmt: skip
+    srv.start()
+    try:
+        assert srv.loop.engine.cache.max_bytes == int(mb * 2**20)
+    finally:
+        srv.stop()

@@ -30,6 +30,7 @@ def serve(
     max_tokens_cap: int = 8192,
     max_prompt_tokens: int = 16384,
     max_queue: int = 256,
+    prefix_cache_mb: float = 256,
     request_timeout: float = 30.0,
     keep_alive: float = 5.0,
     shutdown_timeout: float = 10.0,
@@ -61,6 +62,8 @@ def serve(
         max_tokens_cap: requests asking for more max_tokens are refused with a 400 error.
         max_prompt_tokens: longer prompts are refused with a 400 error.
         max_queue: sequences that may wait for a free batch row; beyond it requests get 429 and Retry-After.
+        prefix_cache_mb: memory for the states of recent prompts, so that a prompt starting with one of them is
+            not read again (0: off).
         request_timeout: seconds a request body may take to arrive (then 408).
         keep_alive: seconds an idle keep-alive connection stays open.
         shutdown_timeout: on Ctrl-C / SIGTERM, seconds requests in flight get to finish before they are cancelled.
@@ -80,6 +83,8 @@ def serve(
         problems.append(f"--max-tokens ({max_tokens}) is above --max-tokens-cap ({max_tokens_cap})")
     if max_queue < 0:
         problems.append(f"--max-queue must be >= 0, got {max_queue}")
+    if not prefix_cache_mb >= 0:
+        problems.append(f"--prefix-cache-mb must be >= 0, got {prefix_cache_mb}")
     for flag, seconds in (("--request-timeout", request_timeout), ("--keep-alive", keep_alive),
                           ("--shutdown-timeout", shutdown_timeout)):  # fmt: skip
         if not seconds > 0:
@@ -93,7 +98,8 @@ def serve(
     settings = ServerSettings(api_key=api_key, max_queue=max_queue, request_timeout=request_timeout,
                               keep_alive=keep_alive, shutdown_timeout=shutdown_timeout)  # fmt: skip
     server = setup(model, single, named, model_name=model_name, host=host, port=port, max_batch=max_batch,
-                   device=device, dtype=dtype, quant=quant, limits=limits, settings=settings)  # fmt: skip
+                   prefix_cache_mb=prefix_cache_mb, device=device, dtype=dtype, quant=quant, limits=limits,
+                   settings=settings)  # fmt: skip
     return run(server, host, api_key)
 
 
@@ -118,7 +124,8 @@ def adapter_setup(
 
 def setup(
     model: Path, single: Path | None, named: list[tuple[str, Path]], *, model_name: str | None, host: str, port: int,
-    max_batch: int, device: Device, dtype: DType, quant: Quant | None, limits: Limits, settings: ServerSettings,
+    max_batch: int, prefix_cache_mb: float = 256, device: Device, dtype: DType, quant: Quant | None, limits: Limits,
+    settings: ServerSettings,
 ) -> Server:  # fmt: skip
     """Check that the model fits, load the engine and bind the port (problems reported as UserError)."""
     from rwkv1c.infer.engine import describe, load_engine
@@ -128,7 +135,7 @@ def setup(
 
     chosen, head = inference_settings(model, quant, max_batch, resolve_device(device))
     engine = load_engine(model, single, adapters=named, device=device, dtype=dtype, max_batch=max_batch,
-                         quant=chosen, quantize_head=head)  # fmt: skip
+                         prefix_cache_mb=prefix_cache_mb, quant=chosen, quantize_head=head)  # fmt: skip
     print(describe(engine), file=sys.stderr)
     name = model_name or model_name_for(model, single)
     aliases = [] if model_name or single else [Path(model).stem]  # runs/NAME/merged.pth also answers "merged"
